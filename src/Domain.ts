@@ -1,0 +1,93 @@
+import { Schema } from "effect"
+
+const Identifier = Schema.String.pipe(
+  Schema.minLength(1, { message: () => "must be 1-64 characters" }),
+  Schema.maxLength(64, { message: () => "must be 1-64 characters" }),
+  Schema.pattern(/^[A-Za-z0-9_.-]+$/, { message: () => "may contain only A-Z a-z 0-9 _ - ." })
+)
+
+export const PollId = Identifier.pipe(Schema.brand("PollId"))
+export type PollId = typeof PollId.Type
+
+export const OptionId = Identifier.pipe(Schema.brand("OptionId"))
+export type OptionId = typeof OptionId.Type
+
+export const VoteBody = Schema.Struct({
+  option_id: OptionId
+})
+export type VoteBody = typeof VoteBody.Type
+
+/** The contract's cap on distinct options per poll. */
+export const MAX_OPTIONS_PER_POLL = 256
+
+export type Counts = Readonly<Record<string, number>>
+
+export interface PollResults {
+  readonly counts: Counts
+  /** Where the answer came from: `in_memory`, `redis`, `app_cache` or a shard's name. */
+  readonly servedVia: string
+}
+
+/** Increments to apply together: poll -> option -> amount. */
+export type Increments = ReadonlyMap<PollId, ReadonlyMap<OptionId, number>>
+
+/**
+ * A unit of write-behind work. The id makes applying it idempotent: a store that has seen the id
+ * already must not apply the increments again.
+ */
+export interface Batch {
+  readonly id: string
+  readonly increments: Increments
+}
+
+export interface NodeHealth {
+  readonly name: string
+  readonly reachable: boolean
+}
+
+export interface Health {
+  readonly nodes: ReadonlyArray<NodeHealth>
+  readonly pendingVotes: number
+}
+
+export class StoreUnavailable extends Schema.TaggedError<StoreUnavailable>()("StoreUnavailable", {
+  node: Schema.String,
+  reason: Schema.String
+}) {
+  get status() {
+    return 503
+  }
+  override get message() {
+    return `vote store node ${this.node} is unavailable: ${this.reason}`
+  }
+}
+
+export class TooManyOptions extends Schema.TaggedError<TooManyOptions>()("TooManyOptions", {
+  pollId: Schema.String
+}) {
+  get status() {
+    return 422
+  }
+  override get message() {
+    return `poll ${this.pollId} already has ${MAX_OPTIONS_PER_POLL} options; no new option can be added`
+  }
+}
+
+export class BufferFull extends Schema.TaggedError<BufferFull>()("BufferFull", {
+  pending: Schema.Number
+}) {
+  get status() {
+    return 503
+  }
+  override get message() {
+    return `the write buffer holds ${this.pending} unflushed votes and the store is not accepting them; try again shortly`
+  }
+}
+
+export type VoteError = StoreUnavailable | TooManyOptions | BufferFull
+
+export const addCounts = (into: Record<string, number>, from: ReadonlyMap<OptionId, number> | undefined) => {
+  if (from === undefined) return into
+  for (const [option, n] of from) into[option] = (into[option] ?? 0) + n
+  return into
+}

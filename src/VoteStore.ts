@@ -1,0 +1,61 @@
+import { Context, Effect, Layer } from "effect"
+import type { Batch, Health, PollId, OptionId, PollResults, StoreUnavailable, VoteError } from "./Domain.js"
+import { MAX_OPTIONS_PER_POLL, TooManyOptions } from "./Domain.js"
+
+export interface VoteStoreShape {
+  readonly vote: (pollId: PollId, optionId: OptionId) => Effect.Effect<void, VoteError>
+  readonly results: (pollId: PollId) => Effect.Effect<PollResults, StoreUnavailable>
+  /** Apply a batch exactly once: a batch whose id the store has seen already is a no-op. */
+  readonly applyBatch: (batch: Batch) => Effect.Effect<void, StoreUnavailable>
+  /** The node a poll lives on; write-behind keeps one queue per partition so one node's outage spares the others. */
+  readonly partitionOf: (pollId: PollId) => string
+  readonly health: Effect.Effect<Health>
+}
+
+/** The store the HTTP app talks to. */
+export class VoteStore extends Context.Tag("livepoll/VoteStore")<VoteStore, VoteStoreShape>() {}
+
+/** The store a decorator (cache, write-behind buffer) wraps. */
+export class InnerStore extends Context.Tag("livepoll/InnerStore")<InnerStore, VoteStoreShape>() {}
+
+/** Re-expose a store layer as the inner store of the next decorator. */
+export const asInner = <E, R>(layer: Layer.Layer<VoteStore, E, R>): Layer.Layer<InnerStore, E, R> =>
+  Layer.effect(InnerStore, VoteStore).pipe(Layer.provide(layer))
+
+export const IN_MEMORY = "in_memory"
+
+export const makeMemory = Effect.sync((): VoteStoreShape => {
+  const polls = new Map<PollId, Map<OptionId, number>>()
+  const appliedBatches = new Set<string>()
+  const add = (pollId: PollId, optionId: OptionId, n: number) => {
+    let options = polls.get(pollId)
+    if (options === undefined) {
+      options = new Map()
+      polls.set(pollId, options)
+    }
+    options.set(optionId, (options.get(optionId) ?? 0) + n)
+  }
+  return {
+    vote: Effect.fn("VoteStore.memory.vote")(function* (pollId: PollId, optionId: OptionId) {
+      const options = polls.get(pollId)
+      if (options !== undefined && !options.has(optionId) && options.size >= MAX_OPTIONS_PER_POLL) {
+        return yield* new TooManyOptions({ pollId })
+      }
+      add(pollId, optionId, 1)
+    }),
+    results: (pollId) =>
+      Effect.sync(() => ({ counts: Object.fromEntries(polls.get(pollId) ?? []), servedVia: IN_MEMORY })),
+    applyBatch: (batch) =>
+      Effect.sync(() => {
+        if (appliedBatches.has(batch.id)) return
+        appliedBatches.add(batch.id)
+        for (const [pollId, options] of batch.increments) {
+          for (const [optionId, n] of options) add(pollId, optionId, n)
+        }
+      }),
+    partitionOf: () => IN_MEMORY,
+    health: Effect.succeed({ nodes: [{ name: IN_MEMORY, reachable: true }], pendingVotes: 0 })
+  }
+})
+
+export const layerMemory: Layer.Layer<VoteStore> = Layer.effect(VoteStore, makeMemory)
