@@ -39,9 +39,7 @@ export const parseRedisNodes = (text: string): Either.Either<ReadonlyArray<Redis
 }
 
 const validated = <A, B>(config: Config.Config<A>, name: string, check: (a: A) => Either.Either<B, string>) =>
-  Config.mapOrFail(config, (value) =>
-    Either.mapLeft(check(value), (reason) => ConfigError.InvalidData([], `${name} ${reason}`))
-  )
+  Config.mapOrFail(config, (value) => Either.mapLeft(check(value), (reason) => ConfigError.InvalidData([name], reason)))
 
 const millis = (name: string, defaultValue: number, min: number) =>
   validated(Config.integer(name).pipe(Config.withDefault(defaultValue)), name, (n) =>

@@ -4,7 +4,8 @@ import { MAX_OPTIONS_PER_POLL, TooManyOptions } from "./Domain.js"
 
 export interface VoteStoreShape {
   readonly vote: (pollId: PollId, optionId: OptionId) => Effect.Effect<void, VoteError>
-  readonly results: (pollId: PollId) => Effect.Effect<PollResults, StoreUnavailable>
+  /** `batchIds`: unconfirmed batches the caller holds; the answer says which of them the store had applied. */
+  readonly results: (pollId: PollId, batchIds?: ReadonlyArray<string>) => Effect.Effect<PollResults, StoreUnavailable>
   /** Apply a batch exactly once: a batch whose id the store has seen already is a no-op. */
   readonly applyBatch: (batch: Batch) => Effect.Effect<void, StoreUnavailable>
   /** The node a poll lives on; write-behind keeps one queue per partition so one node's outage spares the others. */
@@ -43,8 +44,12 @@ export const makeMemory = Effect.sync((): VoteStoreShape => {
       }
       add(pollId, optionId, 1)
     }),
-    results: (pollId) =>
-      Effect.sync(() => ({ counts: Object.fromEntries(polls.get(pollId) ?? []), servedVia: IN_MEMORY })),
+    results: (pollId, batchIds = []) =>
+      Effect.sync(() => ({
+        counts: Object.fromEntries(polls.get(pollId) ?? []),
+        servedVia: IN_MEMORY,
+        appliedBatches: batchIds.filter((id) => appliedBatches.has(id))
+      })),
     applyBatch: (batch) =>
       Effect.sync(() => {
         if (appliedBatches.has(batch.id)) return

@@ -25,15 +25,24 @@ export const make = Effect.fn("VoteStore.cached.make")(function* (inner: VoteSto
   })
   const store: VoteStoreShape = {
     ...inner,
-    results: (pollId) =>
-      cache.getEither(pollId).pipe(
-        Effect.map(
-          Either.match({
-            onLeft: (hit) => ({ counts: hit.counts, servedVia: APP_CACHE }),
-            onRight: (miss) => miss
-          })
-        )
-      )
+    // A snapshot cannot say whether an unconfirmed batch is in it, so a read that asks goes to the store.
+    results: (pollId, batchIds) =>
+      batchIds !== undefined && batchIds.length > 0
+        ? inner.results(pollId, batchIds)
+        : cache.getEither(pollId).pipe(
+            Effect.map(
+              Either.match({
+                onLeft: (hit) => ({ counts: hit.counts, servedVia: APP_CACHE }),
+                onRight: (miss) => miss
+              })
+            )
+          ),
+    // A flushed batch changes what the store holds: drop the snapshots it touched, whether or not the call
+    // reported success (a timed-out batch may have been applied).
+    applyBatch: (batch) =>
+      inner
+        .applyBatch(batch)
+        .pipe(Effect.ensuring(Effect.forEach(batch.increments.keys(), (pollId) => cache.invalidate(pollId))))
   }
   return store
 })

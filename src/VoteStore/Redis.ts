@@ -11,8 +11,6 @@ const batchKey = (batchId: string) => `livepoll:batch:${batchId}`
 
 /** How long a node remembers an applied batch id; far longer than any retry of that batch can take. */
 const BATCH_MEMORY_SECONDS = 24 * 60 * 60
-/** Polls per script call, so one large flush never blocks a node for long. */
-const POLLS_PER_SCRIPT = 500
 /** A command that has not answered in this time fails, so callers get a 503 within the contract's 2 s. */
 export const COMMAND_TIMEOUT_MS = 1500
 
@@ -36,7 +34,17 @@ for k = 2, #KEYS do
 end
 return 1`
 
+// KEYS: the counts hash, then one batch marker per batch asked about. Reads both in one step, so the answer
+// "which of these batches are in these counts" is exact.
+const RESULTS_SCRIPT = `
+local applied = {}
+for k = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[k]) == 1 then applied[#applied + 1] = k - 1 end
+end
+return { redis.call('HGETALL', KEYS[1]), applied }`
+
 interface LivepollRedis extends Redis {
+  livepollResults(numKeys: number, ...keys: Array<string>): Promise<[Array<string>, Array<number>]>
   livepollVote(key: string, option: string, max: number): Promise<number>
   livepollApplyBatch(numKeys: number, ...args: Array<string | number>): Promise<number>
 }
@@ -58,26 +66,35 @@ const connect = (url: string): LivepollRedis => {
   })
   client.defineCommand("livepollVote", { numberOfKeys: 1, lua: VOTE_SCRIPT })
   client.defineCommand("livepollApplyBatch", { lua: APPLY_BATCH_SCRIPT })
+  client.defineCommand("livepollResults", { lua: RESULTS_SCRIPT })
   return client as LivepollRedis
 }
 
-const splitBatch = (batch: Batch): Array<{ id: string; args: Array<string | number>; keys: number }> => {
-  const entries = [...batch.increments]
-  const chunks = []
-  for (let start = 0, part = 0; start < entries.length; start += POLLS_PER_SCRIPT, part++) {
-    const slice = entries.slice(start, start + POLLS_PER_SCRIPT)
-    // Chunk ids derive from the batch id, so a retry of the batch maps onto the same markers.
-    const id = entries.length > POLLS_PER_SCRIPT ? `${batch.id}.${part}` : batch.id
-    const keys: Array<string> = [batchKey(id)]
-    const argv: Array<string | number> = [BATCH_MEMORY_SECONDS]
-    for (const [pollId, options] of slice) {
-      keys.push(countsKey(pollId))
-      argv.push(options.size)
-      for (const [optionId, n] of options) argv.push(optionId, n)
-    }
-    chunks.push({ id, keys: keys.length, args: [...keys, ...argv] })
+/** Batches larger than this are refused: the write-behind buffer seals batches of at most this many polls. */
+export const MAX_POLLS_PER_BATCH = 500
+
+const batchArgs = (batch: Batch): Array<string | number> => {
+  const keys: Array<string> = [batchKey(batch.id)]
+  const argv: Array<string | number> = [BATCH_MEMORY_SECONDS]
+  for (const [pollId, options] of batch.increments) {
+    keys.push(countsKey(pollId))
+    argv.push(options.size)
+    for (const [optionId, n] of options) argv.push(optionId, n)
   }
-  return chunks
+  return [keys.length, ...keys, ...argv]
+}
+
+const toCounts = (flat: ReadonlyArray<string>): Record<string, number> => {
+  const counts: Record<string, number> = {}
+  for (let i = 0; i + 1 < flat.length; i += 2) counts[flat[i]!] = Number(flat[i + 1])
+  return counts
+}
+
+const describe = (error: unknown): string => {
+  const message = error instanceof Error ? error.message : String(error)
+  if (message.includes("enableOfflineQueue")) return "not connected"
+  if (message.includes("timed out")) return "no answer in time"
+  return message
 }
 
 export const make = Effect.fn("VoteStore.redis.make")(function* (options: RedisOptions) {
@@ -112,7 +129,7 @@ export const make = Effect.fn("VoteStore.redis.make")(function* (options: RedisO
   const call = <A>(what: string, run: () => Promise<A>) =>
     Effect.tryPromise({
       try: run,
-      catch: (error) => new StoreUnavailable({ node: options.name, reason: `${what}: ${String(error)}` })
+      catch: (error) => new StoreUnavailable({ node: options.name, reason: `${what} failed: ${describe(error)}` })
     }).pipe(
       // A second guard in case the client itself hangs (for example mid-reconnect).
       Effect.timeoutFail({
@@ -126,16 +143,25 @@ export const make = Effect.fn("VoteStore.redis.make")(function* (options: RedisO
       const result = yield* call("vote", () => client.livepollVote(countsKey(pollId), optionId, MAX_OPTIONS_PER_POLL))
       if (result < 0) return yield* new TooManyOptions({ pollId })
     }),
-    results: Effect.fn("VoteStore.redis.results")(function* (pollId: PollId) {
-      const raw = yield* call("results", () => client.hgetall(countsKey(pollId)))
-      const counts: Record<string, number> = {}
-      for (const field in raw) counts[field] = Number(raw[field])
-      return { counts, servedVia: options.name }
+    results: Effect.fn("VoteStore.redis.results")(function* (pollId: PollId, batchIds?: ReadonlyArray<string>) {
+      if (batchIds === undefined || batchIds.length === 0) {
+        const raw = yield* call("results", () => client.hgetall(countsKey(pollId)))
+        const counts: Record<string, number> = {}
+        for (const field in raw) counts[field] = Number(raw[field])
+        return { counts, servedVia: options.name, appliedBatches: [] }
+      }
+      const [flat, applied] = yield* call("results", () =>
+        client.livepollResults(1 + batchIds.length, countsKey(pollId), ...batchIds.map(batchKey))
+      )
+      return { counts: toCounts(flat), servedVia: options.name, appliedBatches: applied.map((i) => batchIds[i - 1]!) }
     }),
     applyBatch: Effect.fn("VoteStore.redis.applyBatch")(function* (batch: Batch) {
-      for (const chunk of splitBatch(batch)) {
-        yield* call(`apply batch ${chunk.id}`, () => client.livepollApplyBatch(chunk.keys, ...chunk.args))
+      if (batch.increments.size > MAX_POLLS_PER_BATCH) {
+        return yield* Effect.dieMessage(
+          `batch ${batch.id} has ${batch.increments.size} polls; at most ${MAX_POLLS_PER_BATCH}`
+        )
       }
+      yield* call(`apply batch ${batch.id}`, () => client.livepollApplyBatch(...(batchArgs(batch) as [number])))
     }),
     partitionOf: () => options.name,
     health: call("ping", () => client.ping()).pipe(

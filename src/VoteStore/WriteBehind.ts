@@ -1,4 +1,4 @@
-import { Duration, Effect, Exit, Layer, Schedule } from "effect"
+import { Cause, Duration, Effect, Exit, Layer, Schedule } from "effect"
 import type { Batch, OptionId, PollId } from "../Domain.js"
 import { addCounts, BufferFull, MAX_OPTIONS_PER_POLL, TooManyOptions } from "../Domain.js"
 import type { VoteStoreShape } from "../VoteStore.js"
@@ -15,6 +15,8 @@ export interface WriteBehindOptions {
   readonly shutdownDeadline?: Duration.DurationInput
   /** Prefix of batch ids; unique per process so two instances never share a batch id. */
   readonly instanceId?: string
+  /** Polls per batch; a larger pending set goes out as several batches, one after the other. */
+  readonly maxPollsPerBatch?: number
 }
 
 type Counter = Map<PollId, Map<OptionId, number>>
@@ -27,6 +29,8 @@ interface Partition {
   inflight: (Batch & { readonly votes: number; readonly entries: number }) | undefined
   pendingVotes: number
   pendingEntries: number
+  /** Bumped whenever pending is sealed into a batch or a batch is confirmed; a read that spans a change retries. */
+  epoch: number
 }
 
 const addTo = (counter: Counter, pollId: PollId, optionId: OptionId, n: number): boolean => {
@@ -47,6 +51,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
   options: WriteBehindOptions
 ) {
   const maxEntries = options.maxEntries ?? 200_000
+  const maxPollsPerBatch = options.maxPollsPerBatch ?? 500
   const instanceId = options.instanceId ?? crypto.randomUUID()
   const partitions = new Map<string, Partition>()
   let sequence = 0
@@ -56,7 +61,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     const name = inner.partitionOf(pollId)
     let partition = partitions.get(name)
     if (partition === undefined) {
-      partition = { name, pending: new Map(), inflight: undefined, pendingVotes: 0, pendingEntries: 0 }
+      partition = { name, pending: new Map(), inflight: undefined, pendingVotes: 0, pendingEntries: 0, epoch: 0 }
       partitions.set(name, partition)
     }
     return partition
@@ -99,38 +104,70 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     known.add(optionId)
   })
 
-  const flushPartition = Effect.fn("VoteStore.writeBehind.flushPartition")(function* (partition: Partition) {
-    if (partition.inflight === undefined && partition.pendingEntries > 0) {
-      partition.inflight = {
-        id: `${instanceId}-${++sequence}`,
-        increments: partition.pending,
-        votes: partition.pendingVotes,
-        entries: partition.pendingEntries
+  /**
+   * Moves up to `maxPollsPerBatch` polls out of pending into a new in-flight batch. Pending is replaced, never
+   * mutated, so a reader holding the old map sees a consistent set.
+   */
+  const seal = (partition: Partition) => {
+    let increments: Counter = partition.pending
+    let rest: Counter = new Map()
+    if (partition.pending.size > maxPollsPerBatch) {
+      increments = new Map()
+      for (const [pollId, options] of partition.pending) {
+        if (increments.size < maxPollsPerBatch) increments.set(pollId, options)
+        else rest.set(pollId, options)
       }
-      partition.pending = new Map()
-      partition.pendingVotes = 0
-      partition.pendingEntries = 0
     }
+    let votes = 0
+    let entries = 0
+    for (const options of increments.values()) {
+      entries += options.size
+      for (const n of options.values()) votes += n
+    }
+    partition.inflight = { id: `${instanceId}-${++sequence}`, increments, votes, entries }
+    partition.pending = rest
+    partition.pendingVotes -= votes
+    partition.pendingEntries -= entries
+    partition.epoch++
+  }
+
+  /** Sends the partition's in-flight batch (sealing one from pending if there is none). */
+  const flushPartition = Effect.fn("VoteStore.writeBehind.flushPartition")(function* (partition: Partition) {
+    if (partition.inflight === undefined && partition.pendingEntries > 0) seal(partition)
     const batch = partition.inflight
     if (batch === undefined) return { partition: partition.name, votes: 0, polls: 0, ok: true }
     const exit = yield* inner.applyBatch(batch).pipe(Effect.retry(retryPolicy), Effect.exit)
     if (Exit.isSuccess(exit)) {
       partition.inflight = undefined
+      partition.epoch++
       bufferedEntries -= batch.entries
     } else {
       yield* Effect.logWarning(
-        `flush of batch ${batch.id} to ${partition.name} failed, kept for retry: ${exit.cause.toString().split("\n")[0]}`
+        `flush of batch ${batch.id} to ${partition.name} failed, kept for retry: ${Cause.squash(exit.cause)}`
       )
     }
     return { partition: partition.name, votes: batch.votes, polls: batch.increments.size, ok: Exit.isSuccess(exit) }
   })
+
+  /** Flushes a partition until its pending set is empty, or a batch fails. */
+  const drainPartition = (partition: Partition) =>
+    Effect.gen(function* () {
+      const total = { partition: partition.name, votes: 0, polls: 0, ok: true }
+      do {
+        const outcome = yield* flushPartition(partition)
+        total.votes += outcome.votes
+        total.polls += outcome.polls
+        total.ok = outcome.ok
+      } while (total.ok && partition.pendingEntries > 0)
+      return total
+    })
 
   const lock = yield* Effect.makeSemaphore(1)
 
   /** Flush every partition once, concurrently. Returns the votes confirmed and the votes still buffered. */
   const flushOnce = lock.withPermits(1)(
     Effect.gen(function* () {
-      const outcomes = yield* Effect.forEach(partitions.values(), flushPartition, { concurrency: "unbounded" })
+      const outcomes = yield* Effect.forEach(partitions.values(), drainPartition, { concurrency: "unbounded" })
       const flushed = outcomes.filter((o) => o.ok).reduce((sum, o) => sum + o.votes, 0)
       const polls = outcomes.filter((o) => o.ok).reduce((sum, o) => sum + o.polls, 0)
       const failed = outcomes.filter((o) => !o.ok).map((o) => o.partition)
@@ -198,12 +235,20 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
       if (bufferedEntries >= maxEntries / 2) yield* earlyFlush
     }),
     results: Effect.fn("VoteStore.writeBehind.results")(function* (pollId: PollId) {
-      const stored = yield* inner.results(pollId)
       const partition = partitions.get(inner.partitionOf(pollId))
-      if (partition === undefined) return stored
-      const counts = addCounts({ ...stored.counts }, partition.pending.get(pollId))
-      addCounts(counts, partition.inflight?.increments.get(pollId))
-      return { counts, servedVia: stored.servedVia }
+      if (partition === undefined) return yield* inner.results(pollId)
+      for (let attempt = 1; ; attempt++) {
+        const { epoch, pending, inflight } = partition
+        const asked = inflight?.increments.has(pollId) ? [inflight.id] : []
+        const stored = yield* inner.results(pollId, asked)
+        // A batch sealed or confirmed while the store was being read could be counted twice or not at all.
+        if (partition.epoch !== epoch && attempt < 5) continue
+        const counts = addCounts({ ...stored.counts }, pending.get(pollId))
+        if (inflight !== undefined && !stored.appliedBatches?.includes(inflight.id)) {
+          addCounts(counts, inflight.increments.get(pollId))
+        }
+        return { counts, servedVia: stored.servedVia }
+      }
     }),
     applyBatch: inner.applyBatch,
     partitionOf: inner.partitionOf,
