@@ -64,7 +64,10 @@ export const AppConfig = Config.all({
     parseRedisNodes
   ),
   cacheTtlMs: millis("CACHE_TTL_MS", 5000, 0),
-  flushIntervalMs: millis("FLUSH_INTERVAL_MS", 10000, 1)
+  flushIntervalMs: millis("FLUSH_INTERVAL_MS", 10000, 1),
+  journalDir: Config.option(Config.nonEmptyString("JOURNAL_DIR")).pipe(
+    Config.withDescription("directory of the write-behind journal; unset: no journal")
+  )
 })
 
 export type AppConfig = Config.Config.Success<typeof AppConfig>

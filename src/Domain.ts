@@ -89,7 +89,16 @@ export class BufferFull extends Schema.TaggedError<BufferFull>()("BufferFull", {
   }
 }
 
-export type VoteError = StoreUnavailable | TooManyOptions | BufferFull
+export class JournalFailed extends Schema.TaggedError<JournalFailed>()("JournalFailed", { reason: Schema.String }) {
+  get status() {
+    return 503
+  }
+  override get message() {
+    return `the vote journal could not be written: ${this.reason}`
+  }
+}
+
+export type VoteError = StoreUnavailable | TooManyOptions | BufferFull | JournalFailed
 
 export const addCounts = (into: Record<string, number>, from: ReadonlyMap<OptionId, number> | undefined) => {
   if (from === undefined) return into

@@ -30,6 +30,8 @@ const fromStoreError = (e: VoteError): ApiError => {
       return apiError(503, "store_unavailable", e.message)
     case "BufferFull":
       return apiError(503, "buffer_full", e.message)
+    case "JournalFailed":
+      return apiError(503, "journal_unavailable", e.message)
     case "TooManyOptions":
       return apiError(422, "too_many_options", e.message)
   }

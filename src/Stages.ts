@@ -1,6 +1,7 @@
-import { ConfigError, Duration, Effect, Layer } from "effect"
+import { ConfigError, Duration, Effect, Layer, Option } from "effect"
 import type { AppConfig, Stage } from "./Config.js"
 import { AppConfig as AppConfigSpec } from "./Config.js"
+import * as Journal from "./Journal.js"
 import { asInner, InnerStore, layerMemory, VoteStore } from "./VoteStore.js"
 import * as Cached from "./VoteStore/Cached.js"
 import * as RedisStore from "./VoteStore/Redis.js"
@@ -16,7 +17,10 @@ const over = <E, R>(
 const single = (c: AppConfig) => RedisStore.layer({ url: c.redisUrl, name: "redis" })
 const shards = (c: AppConfig) => Sharded.layerRedis(c.redisNodes)
 const cache = (c: AppConfig) => Cached.layer({ ttl: Duration.millis(c.cacheTtlMs) })
-const buffer = (c: AppConfig) => WriteBehind.layer({ flushInterval: Duration.millis(c.flushIntervalMs) })
+const journal = (c: AppConfig) =>
+  Option.match(c.journalDir, { onNone: () => Journal.layerNone, onSome: Journal.layerFile })
+const buffer = (c: AppConfig) =>
+  WriteBehind.layer({ flushInterval: Duration.millis(c.flushIntervalMs) }).pipe(Layer.provide(journal(c)))
 
 /** The six stages of the design, each one layer composition. Reading a row top-down reads the stack outside-in. */
 export const compositions: Record<Stage, (c: AppConfig) => Layer.Layer<VoteStore>> = {
@@ -38,7 +42,8 @@ const describe = (c: AppConfig) =>
       ? [`nodes=${c.redisNodes.map((n) => `${n.name}=${n.url}`).join(",")}`]
       : []),
     ...(["cached", "full"].includes(c.stage) ? [`cache_ttl_ms=${c.cacheTtlMs}`] : []),
-    ...(["batched", "full"].includes(c.stage) ? [`flush_interval_ms=${c.flushIntervalMs}`] : [])
+    ...(["batched", "full"].includes(c.stage) ? [`flush_interval_ms=${c.flushIntervalMs}`] : []),
+    ...(["batched", "full"].includes(c.stage) ? [`journal=${Option.getOrElse(c.journalDir, () => "off")}`] : [])
   ].join(" ")
 
 /** The store chosen by `POLL_STAGE`. */

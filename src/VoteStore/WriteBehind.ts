@@ -1,5 +1,7 @@
 import { Cause, Duration, Effect, Exit, Layer, Schedule } from "effect"
-import type { Batch, OptionId, PollId } from "../Domain.js"
+import type { Batch, Increments, OptionId, PollId } from "../Domain.js"
+import * as Journal from "../Journal.js"
+import type { JournalShape } from "../Journal.js"
 import { addCounts, BufferFull, MAX_OPTIONS_PER_POLL, TooManyOptions } from "../Domain.js"
 import type { VoteStoreShape } from "../VoteStore.js"
 import { InnerStore, VoteStore } from "../VoteStore.js"
@@ -27,6 +29,8 @@ interface Partition {
   pending: Counter
   /** Handed to the store and not yet confirmed; retried under the same id until it is. */
   inflight: (Batch & { readonly votes: number; readonly entries: number }) | undefined
+  /** Whether the journal holds the in-flight batch; it is sent only once it does. */
+  inflightJournaled: boolean
   pendingVotes: number
   pendingEntries: number
   /** Bumped whenever pending is sealed into a batch or a batch is confirmed; a read that spans a change retries. */
@@ -46,9 +50,20 @@ const addTo = (counter: Counter, pollId: PollId, optionId: OptionId, n: number):
 
 const retryPolicy = Schedule.exponential(Duration.millis(100)).pipe(Schedule.intersect(Schedule.recurs(2)))
 
+const countOf = (increments: Increments) => {
+  let votes = 0
+  let entries = 0
+  for (const options of increments.values()) {
+    entries += options.size
+    for (const n of options.values()) votes += n
+  }
+  return { votes, entries }
+}
+
 export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
   inner: VoteStoreShape,
-  options: WriteBehindOptions
+  options: WriteBehindOptions,
+  journal: JournalShape = Journal.layerNoneService
 ) {
   const maxEntries = options.maxEntries ?? 200_000
   const maxPollsPerBatch = options.maxPollsPerBatch ?? 500
@@ -57,11 +72,19 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
   let sequence = 0
   let bufferedEntries = 0
 
-  const partitionFor = (pollId: PollId): Partition => {
-    const name = inner.partitionOf(pollId)
+  const partitionFor = (pollId: PollId): Partition => partitionByName(inner.partitionOf(pollId))
+  const partitionByName = (name: string): Partition => {
     let partition = partitions.get(name)
     if (partition === undefined) {
-      partition = { name, pending: new Map(), inflight: undefined, pendingVotes: 0, pendingEntries: 0, epoch: 0 }
+      partition = {
+        name,
+        pending: new Map(),
+        inflight: undefined,
+        pendingVotes: 0,
+        pendingEntries: 0,
+        epoch: 0,
+        inflightJournaled: true
+      }
       partitions.set(name, partition)
     }
     return partition
@@ -118,13 +141,9 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
         else rest.set(pollId, options)
       }
     }
-    let votes = 0
-    let entries = 0
-    for (const options of increments.values()) {
-      entries += options.size
-      for (const n of options.values()) votes += n
-    }
+    const { votes, entries } = countOf(increments)
     partition.inflight = { id: `${instanceId}-${++sequence}`, increments, votes, entries }
+    partition.inflightJournaled = false
     partition.pending = rest
     partition.pendingVotes -= votes
     partition.pendingEntries -= entries
@@ -136,11 +155,19 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     if (partition.inflight === undefined && partition.pendingEntries > 0) seal(partition)
     const batch = partition.inflight
     if (batch === undefined) return { partition: partition.name, votes: 0, polls: 0, ok: true }
-    const exit = yield* inner.applyBatch(batch).pipe(Effect.retry(retryPolicy), Effect.exit)
+    // Once sent, a batch must be replayed under its own id after a crash, never as loose votes under a new one.
+    const journaled = partition.inflightJournaled
+      ? Effect.void
+      : journal.sealed(partition.name, batch).pipe(Effect.tap(() => (partition.inflightJournaled = true)))
+    const exit = yield* journaled.pipe(
+      Effect.zipRight(inner.applyBatch(batch).pipe(Effect.retry(retryPolicy))),
+      Effect.exit
+    )
     if (Exit.isSuccess(exit)) {
       partition.inflight = undefined
       partition.epoch++
       bufferedEntries -= batch.entries
+      yield* journal.confirmed(batch.id)
     } else {
       yield* Effect.logWarning(
         `flush of batch ${batch.id} to ${partition.name} failed, kept for retry: ${Cause.squash(exit.cause)}`
@@ -162,6 +189,41 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
       return total
     })
 
+  const journalState = () => ({
+    pending: [...partitions.values()].map((p) => p.pending),
+    batches: [...partitions.values()].flatMap((p) =>
+      p.inflight === undefined ? [] : [{ partition: p.name, batch: p.inflight }]
+    )
+  })
+
+  const recovered = yield* journal.recover
+  for (const [pollId, options] of recovered.pending) {
+    const partition = partitionFor(pollId)
+    for (const [optionId, n] of options) {
+      if (addTo(partition.pending, pollId, optionId, n)) {
+        partition.pendingEntries++
+        bufferedEntries++
+      }
+      partition.pendingVotes += n
+    }
+  }
+  for (const { partition: name, batch } of recovered.batches) {
+    const partition = partitionByName(name)
+    if (partition.inflight !== undefined) {
+      // At most one batch per partition is ever in flight, so this only happens if the journal was edited by hand.
+      return yield* Effect.dieMessage(`journal holds two unconfirmed batches for ${name}`)
+    }
+    const { votes, entries } = countOf(batch.increments)
+    partition.inflight = { ...batch, votes, entries }
+    bufferedEntries += entries
+  }
+  if (recovered.pending.size > 0 || recovered.batches.length > 0) {
+    yield* Effect.logInfo(
+      `journal replayed: ${bufferedVotes()} accepted votes not yet in the store, ${recovered.batches.length} batches to resend`
+    )
+  }
+  yield* journal.compact(journalState)
+
   const lock = yield* Effect.makeSemaphore(1)
 
   /** Flush every partition once, concurrently. Returns the votes confirmed and the votes still buffered. */
@@ -172,6 +234,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
       const polls = outcomes.filter((o) => o.ok).reduce((sum, o) => sum + o.polls, 0)
       const failed = outcomes.filter((o) => !o.ok).map((o) => o.partition)
       const remaining = bufferedVotes()
+      yield* journal.compact(journalState)
       if (flushed > 0 || failed.length > 0) {
         yield* Effect.logInfo(
           `flush: ${flushed} votes over ${polls} polls applied; ${remaining} still buffered` +
@@ -233,6 +296,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
       }
       partition.pendingVotes++
       if (bufferedEntries >= maxEntries / 2) yield* earlyFlush
+      yield* journal.append(pollId, optionId)
     }),
     results: Effect.fn("VoteStore.writeBehind.results")(function* (pollId: PollId) {
       const partition = partitions.get(inner.partitionOf(pollId))
@@ -257,8 +321,8 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
   return store
 })
 
-export const layer = (options: WriteBehindOptions): Layer.Layer<VoteStore, never, InnerStore> =>
+export const layer = (options: WriteBehindOptions): Layer.Layer<VoteStore, never, InnerStore | Journal.Journal> =>
   Layer.scoped(
     VoteStore,
-    Effect.flatMap(InnerStore, (inner) => make(inner, options))
+    Effect.flatMap(Effect.all([InnerStore, Journal.Journal]), ([inner, journal]) => make(inner, options, journal))
   )
