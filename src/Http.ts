@@ -1,39 +1,30 @@
-import { HttpMiddleware, HttpRouter, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { NodeHttpServerRequest } from "@effect/platform-node"
-import { Effect, Layer, ParseResult, Schema } from "effect"
-import type { IncomingMessage } from "node:http"
-import type { PollId, VoteError } from "./Domain.js"
-import { PollId as PollIdSchema, VoteBody } from "./Domain.js"
+import { Effect, Either, Exit, Layer, ParseResult, Runtime, Schema } from "effect"
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
+import type { VoteError } from "./Domain.js"
+import { PollId, VoteBody } from "./Domain.js"
 import { VoteStore } from "./VoteStore.js"
 
 export const MAX_BODY_BYTES = 16 * 1024
 
-/** Every failure a request can end in, with the status and the JSON body it is answered with. */
-export class ApiError extends Schema.TaggedError<ApiError>()("ApiError", {
-  status: Schema.Number,
-  code: Schema.String,
-  message: Schema.String
-}) {}
+/** What a request ends in: a status and a JSON body. */
+export interface Reply {
+  readonly status: number
+  readonly body: unknown
+}
 
-const apiError = (status: number, code: string, message: string) => new ApiError({ status, code, message })
+const reply = (status: number, body: unknown): Reply => ({ status, body })
+const failure = (status: number, error: string, message: string): Reply => reply(status, { error, message })
 
-const errorResponse = (e: ApiError) =>
-  HttpServerResponse.unsafeJson(
-    { error: e.code, message: e.message },
-    // An oversized body may still be arriving; closing the connection stops the client from sending the rest.
-    e.status === 413 ? { status: e.status, headers: { connection: "close" } } : { status: e.status }
-  )
-
-const fromStoreError = (e: VoteError): ApiError => {
+const fromStoreError = (e: VoteError): Reply => {
   switch (e._tag) {
     case "StoreUnavailable":
-      return apiError(503, "store_unavailable", e.message)
+      return failure(503, "store_unavailable", e.message)
     case "BufferFull":
-      return apiError(503, "buffer_full", e.message)
+      return failure(503, "buffer_full", e.message)
     case "JournalFailed":
-      return apiError(503, "journal_unavailable", e.message)
+      return failure(503, "journal_unavailable", e.message)
     case "TooManyOptions":
-      return apiError(422, "too_many_options", e.message)
+      return failure(422, "too_many_options", e.message)
   }
 }
 
@@ -42,126 +33,205 @@ const describeParseError = (error: ParseResult.ParseError) =>
     .map((issue) => (issue.path.length > 0 ? `${issue.path.join(".")}: ${issue.message}` : issue.message))
     .join("; ")
 
-const decodePollId = Schema.decodeUnknown(PollIdSchema)
-const decodeVoteBody = Schema.decodeUnknown(VoteBody)
+const decodePollId = Schema.decodeUnknownEither(PollId)
+const decodeVoteBody = Schema.decodeUnknownEither(VoteBody, { onExcessProperty: "ignore" })
 
-const pollIdFromPath = HttpRouter.params.pipe(
-  Effect.flatMap((params) => decodePollId(params.poll_id)),
-  Effect.mapError((e) => apiError(400, "invalid_poll_id", `poll_id ${describeParseError(e)}`))
-)
-
-const tooLarge = () => apiError(413, "payload_too_large", `request body is over ${MAX_BODY_BYTES} bytes`)
-
-/**
- * Reads the body off the Node request, stopping at the limit. The platform's own reader destroys the socket when a
- * body is too large, which leaves the client with no answer at all; this one answers 413 and lets Node discard the rest.
- */
-const readBody = (request: IncomingMessage, limit: number) =>
-  Effect.async<string, ApiError>((resume) => {
-    const chunks: Array<Buffer> = []
-    let size = 0
-    const cleanup = () => {
-      request.off("data", onData)
-      request.off("end", onEnd)
-      request.off("error", onError)
-    }
-    const onData = (chunk: Buffer) => {
-      size += chunk.length
-      if (size <= limit) return void chunks.push(chunk)
-      cleanup()
-      request.resume()
-      resume(Effect.fail(tooLarge()))
-    }
-    const onEnd = () => {
-      cleanup()
-      resume(Effect.succeed(Buffer.concat(chunks).toString("utf8")))
-    }
-    const onError = () => {
-      cleanup()
-      resume(Effect.fail(apiError(400, "invalid_request", "the request body could not be read")))
-    }
-    request.on("data", onData)
-    request.on("end", onEnd)
-    request.on("error", onError)
-    return Effect.sync(cleanup)
-  })
-
-const jsonBody = Effect.gen(function* () {
-  const request = yield* HttpServerRequest.HttpServerRequest
-  if (Number(request.headers["content-length"] ?? 0) > MAX_BODY_BYTES) return yield* tooLarge()
-  const text = yield* readBody(NodeHttpServerRequest.toIncomingMessage(request), MAX_BODY_BYTES)
-  if (text.trim() === "") return yield* apiError(400, "invalid_request", "request body is empty; expected JSON")
-  return yield* Effect.try({
-    try: () => JSON.parse(text) as unknown,
-    catch: () => apiError(400, "invalid_json", "request body is not valid JSON")
-  })
-})
-
-const vote = Effect.gen(function* () {
-  const pollId = yield* pollIdFromPath
-  const body = yield* jsonBody
-  const { option_id } = yield* decodeVoteBody(body, { onExcessProperty: "ignore" }).pipe(
-    Effect.mapError((e) => apiError(400, "invalid_request", describeParseError(e)))
+const parsePollId = (raw: string) =>
+  Either.mapLeft(decodePollId(safeDecodeURIComponent(raw)), (e) =>
+    failure(400, "invalid_poll_id", `poll_id ${describeParseError(e)}`)
   )
-  const store = yield* VoteStore
-  yield* store.vote(pollId, option_id).pipe(Effect.mapError(fromStoreError))
-  return HttpServerResponse.unsafeJson({ poll_id: pollId, option_id })
-})
 
-const results = Effect.gen(function* () {
-  const pollId: PollId = yield* pollIdFromPath
-  const store = yield* VoteStore
-  const r = yield* store.results(pollId).pipe(Effect.mapError(fromStoreError))
-  return HttpServerResponse.unsafeJson({ poll_id: pollId, results: r.counts, served_via: r.servedVia })
-})
-
-const health = Effect.gen(function* () {
-  const store = yield* VoteStore
-  const h = yield* store.health
-  const ok = h.nodes.every((n) => n.reachable)
-  return HttpServerResponse.unsafeJson(
-    { status: ok ? "ok" : "degraded", nodes: h.nodes, pending_votes: h.pendingVotes },
-    { status: ok ? 200 : 503 }
-  )
-})
-
-const routes = HttpRouter.empty.pipe(
-  HttpRouter.get("/", HttpServerResponse.unsafeJson({ status: "healthy" })),
-  HttpRouter.post("/vote/:poll_id", vote),
-  HttpRouter.get("/results/:poll_id", results),
-  HttpRouter.get("/health", health)
-)
-
-/** Paths that exist, with the one method each accepts: anything else on them is a 405, not a 404. */
-const knownPaths: ReadonlyArray<readonly [RegExp, string]> = [
-  [/^(\/api\/v1)?\/?$/, "GET"],
-  [/^(\/api\/v1)?\/vote\/[^/]+\/?$/, "POST"],
-  [/^(\/api\/v1)?\/results\/[^/]+\/?$/, "GET"],
-  [/^(\/api\/v1)?\/health\/?$/, "GET"]
-]
-
-const notRouted = (request: HttpServerRequest.HttpServerRequest): ApiError => {
-  const path = request.url.split("?")[0]!
-  const known = knownPaths.find(([pattern]) => pattern.test(path))
-  return known === undefined
-    ? apiError(404, "not_found", `no route ${path}`)
-    : apiError(405, "method_not_allowed", `${request.method} is not allowed on ${path}; use ${known[1]}`)
+const safeDecodeURIComponent = (raw: string) => {
+  try {
+    return decodeURIComponent(raw)
+  } catch {
+    return raw
+  }
 }
 
-export const app = HttpRouter.empty.pipe(
-  HttpRouter.concat(routes),
-  HttpRouter.mount("/api/v1", routes),
-  Effect.catchTags({
-    RouteNotFound: (e) => Effect.succeed(errorResponse(notRouted(e.request))),
-    ApiError: (e) => Effect.succeed(errorResponse(e))
-  }),
-  Effect.catchAllCause((cause) =>
-    Effect.logError("request failed unexpectedly", cause).pipe(
-      Effect.as(errorResponse(apiError(500, "internal_error", "the server failed to handle this request")))
-    )
+export const vote = (rawPollId: string, text: string): Effect.Effect<Reply, never, VoteStore> => {
+  const pollId = parsePollId(rawPollId)
+  if (Either.isLeft(pollId)) return Effect.succeed(pollId.left)
+  if (text.trim() === "") return Effect.succeed(failure(400, "invalid_request", "request body is empty; expected JSON"))
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch {
+    return Effect.succeed(failure(400, "invalid_json", "request body is not valid JSON"))
+  }
+  const body = decodeVoteBody(json)
+  if (Either.isLeft(body)) return Effect.succeed(failure(400, "invalid_request", describeParseError(body.left)))
+  const { option_id } = body.right
+  return VoteStore.pipe(
+    Effect.flatMap((store) => store.vote(pollId.right, option_id)),
+    Effect.match({
+      onFailure: fromStoreError,
+      onSuccess: () => reply(200, { poll_id: pollId.right, option_id })
+    })
   )
+}
+
+export const results = (rawPollId: string): Effect.Effect<Reply, never, VoteStore> => {
+  const pollId = parsePollId(rawPollId)
+  if (Either.isLeft(pollId)) return Effect.succeed(pollId.left)
+  return VoteStore.pipe(
+    Effect.flatMap((store) => store.results(pollId.right)),
+    Effect.match({
+      onFailure: fromStoreError,
+      onSuccess: (r) => reply(200, { poll_id: pollId.right, results: r.counts, served_via: r.servedVia })
+    })
+  )
+}
+
+export const health: Effect.Effect<Reply, never, VoteStore> = VoteStore.pipe(
+  Effect.flatMap((store) => store.health),
+  Effect.map((h) => {
+    const ok = h.nodes.every((n) => n.reachable)
+    return reply(ok ? 200 : 503, { status: ok ? "ok" : "degraded", nodes: h.nodes, pending_votes: h.pendingVotes })
+  })
 )
 
-export const serve: Layer.Layer<never, never, HttpServer.HttpServer | VoteStore> = HttpServer.serve(app).pipe(
-  HttpMiddleware.withTracerDisabledWhen(() => true)
-)
+const HEALTHY = reply(200, { status: "healthy" })
+
+/** A request's route: what to run, or the reply for a path or method that has no handler. */
+export type Route =
+  | { readonly _tag: "Vote"; readonly pollId: string }
+  | { readonly _tag: "Results"; readonly pollId: string }
+  | { readonly _tag: "Health" }
+  | { readonly _tag: "Root" }
+  | { readonly _tag: "Reject"; readonly reply: Reply }
+
+const notAllowed = (method: string, path: string, allowed: string): Route => ({
+  _tag: "Reject",
+  reply: failure(405, "method_not_allowed", `${method} is not allowed on ${path}; use ${allowed}`)
+})
+
+/** Every route exists bare and under /api/v1. */
+export const route = (method: string, url: string): Route => {
+  const query = url.indexOf("?")
+  const path = query === -1 ? url : url.slice(0, query)
+  const bare = path.startsWith("/api/v1") && (path.length === 7 || path[7] === "/") ? path.slice(7) : path
+  const parts = bare.split("/").filter((p, i, all) => p !== "" || (i > 0 && i < all.length - 1))
+  if (parts.length === 0) return method === "GET" ? { _tag: "Root" } : notAllowed(method, path, "GET")
+  if (parts.length === 1 && parts[0] === "health") {
+    return method === "GET" ? { _tag: "Health" } : notAllowed(method, path, "GET")
+  }
+  if (parts.length === 2 && parts[0] === "vote") {
+    return method === "POST" ? { _tag: "Vote", pollId: parts[1]! } : notAllowed(method, path, "POST")
+  }
+  if (parts.length === 2 && parts[0] === "results") {
+    return method === "GET" ? { _tag: "Results", pollId: parts[1]! } : notAllowed(method, path, "GET")
+  }
+  return { _tag: "Reject", reply: failure(404, "not_found", `no route ${path}`) }
+}
+
+const send = (res: ServerResponse, r: Reply) => {
+  const json = JSON.stringify(r.body)
+  const headers: Record<string, string | number> = {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(json)
+  }
+  // An oversized body may still be arriving: closing the connection stops the client from sending the rest.
+  if (r.status === 413) headers.connection = "close"
+  res.writeHead(r.status, headers)
+  res.end(json)
+}
+
+/** Reads the body up to `limit` bytes; past it, answers 413 and lets Node discard the rest. */
+const readBody = (req: IncomingMessage, limit: number, then: (text: string | undefined) => void) => {
+  if (Number(req.headers["content-length"] ?? 0) > limit) {
+    req.resume()
+    return then(undefined)
+  }
+  const chunks: Array<Buffer> = []
+  let size = 0
+  let done = false
+  req.on("data", (chunk: Buffer) => {
+    if (done) return
+    size += chunk.length
+    if (size <= limit) return void chunks.push(chunk)
+    done = true
+    then(undefined)
+  })
+  req.on("end", () => {
+    if (done) return
+    done = true
+    then(chunks.length === 1 ? chunks[0]!.toString("utf8") : Buffer.concat(chunks).toString("utf8"))
+  })
+  req.on("error", () => {
+    if (done) return
+    done = true
+    then("")
+  })
+}
+
+const TOO_LARGE = failure(413, "payload_too_large", `request body is over ${MAX_BODY_BYTES} bytes`)
+
+/**
+ * The HTTP listener: plain `node:http`, with each request's work run as an Effect on the application's runtime.
+ * Measured against @effect/platform's HttpServer in bench/; see the README's "HTTP layer" for the numbers.
+ */
+export const makeHandler = (runtime: Runtime.Runtime<VoteStore>) => {
+  const runFork = Runtime.runFork(runtime)
+  const run = (res: ServerResponse, effect: Effect.Effect<Reply, never, VoteStore>) => {
+    const fiber = runFork(effect)
+    fiber.addObserver((exit) => {
+      if (Exit.isSuccess(exit)) return send(res, exit.value)
+      runFork(Effect.logError("request failed unexpectedly", exit.cause))
+      send(res, failure(500, "internal_error", "the server failed to handle this request"))
+    })
+  }
+  return (req: IncomingMessage, res: ServerResponse) => {
+    const r = route(req.method ?? "GET", req.url ?? "/")
+    switch (r._tag) {
+      case "Root":
+        return send(res, HEALTHY)
+      case "Reject":
+        return send(res, r.reply)
+      case "Health":
+        return run(res, health)
+      case "Results":
+        return run(res, results(r.pollId))
+      case "Vote":
+        return readBody(req, MAX_BODY_BYTES, (text) =>
+          text === undefined ? send(res, TOO_LARGE) : run(res, vote(r.pollId, text))
+        )
+    }
+  }
+}
+
+export interface ServerOptions {
+  readonly port: number
+  readonly host: string
+  /** How long shutdown waits for open connections before cutting them. */
+  readonly drainMs?: number
+}
+
+/**
+ * Serves until the scope closes. On close: stop accepting, let running requests finish, close keep-alive
+ * connections as they go idle, cut whatever is left after `drainMs`. Only then do the store layers shut down
+ * (the write-behind buffer's final flush), since they were acquired first.
+ */
+export const layer = (options: ServerOptions): Layer.Layer<never, never, VoteStore> =>
+  Layer.scopedDiscard(
+    Effect.gen(function* () {
+      const handler = makeHandler(yield* Effect.runtime<VoteStore>())
+      const server = createServer({ keepAliveTimeout: 5000 }, handler)
+      yield* Effect.async<void, never>((resume) => {
+        server.listen(options.port, options.host, () => resume(Effect.void))
+      })
+      yield* Effect.logInfo(`listening on http://${options.host}:${options.port}`)
+      yield* Effect.addFinalizer(() =>
+        Effect.async<void>((resume) => {
+          const idle = setInterval(() => server.closeIdleConnections(), 50)
+          const deadline = setTimeout(() => server.closeAllConnections(), options.drainMs ?? 3000)
+          server.close(() => {
+            clearInterval(idle)
+            clearTimeout(deadline)
+            resume(Effect.void)
+          })
+          server.closeIdleConnections()
+        })
+      )
+    })
+  )

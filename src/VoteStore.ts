@@ -37,13 +37,15 @@ export const makeMemory = Effect.sync((): VoteStoreShape => {
     options.set(optionId, (options.get(optionId) ?? 0) + n)
   }
   return {
-    vote: Effect.fn("VoteStore.memory.vote")(function* (pollId: PollId, optionId: OptionId) {
-      const options = polls.get(pollId)
-      if (options !== undefined && !options.has(optionId) && options.size >= MAX_OPTIONS_PER_POLL) {
-        return yield* new TooManyOptions({ pollId })
-      }
-      add(pollId, optionId, 1)
-    }),
+    vote: (pollId: PollId, optionId: OptionId) =>
+      Effect.suspend(() => {
+        const options = polls.get(pollId)
+        if (options !== undefined && !options.has(optionId) && options.size >= MAX_OPTIONS_PER_POLL) {
+          return new TooManyOptions({ pollId })
+        }
+        add(pollId, optionId, 1)
+        return Effect.void
+      }),
     results: (pollId, batchIds = []) =>
       Effect.sync(() => ({
         counts: Object.fromEntries(polls.get(pollId) ?? []),

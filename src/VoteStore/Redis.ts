@@ -139,22 +139,24 @@ export const make = Effect.fn("VoteStore.redis.make")(function* (options: RedisO
     )
 
   const store: VoteStoreShape = {
-    vote: Effect.fn("VoteStore.redis.vote")(function* (pollId: PollId, optionId: OptionId) {
-      const result = yield* call("vote", () => client.livepollVote(countsKey(pollId), optionId, MAX_OPTIONS_PER_POLL))
-      if (result < 0) return yield* new TooManyOptions({ pollId })
-    }),
-    results: Effect.fn("VoteStore.redis.results")(function* (pollId: PollId, batchIds?: ReadonlyArray<string>) {
-      if (batchIds === undefined || batchIds.length === 0) {
-        const raw = yield* call("results", () => client.hgetall(countsKey(pollId)))
-        const counts: Record<string, number> = {}
-        for (const field in raw) counts[field] = Number(raw[field])
-        return { counts, servedVia: options.name, appliedBatches: [] }
-      }
-      const [flat, applied] = yield* call("results", () =>
-        client.livepollResults(1 + batchIds.length, countsKey(pollId), ...batchIds.map(batchKey))
-      )
-      return { counts: toCounts(flat), servedVia: options.name, appliedBatches: applied.map((i) => batchIds[i - 1]!) }
-    }),
+    vote: (pollId: PollId, optionId: OptionId) =>
+      Effect.flatMap(
+        call("vote", () => client.livepollVote(countsKey(pollId), optionId, MAX_OPTIONS_PER_POLL)),
+        (result) => (result < 0 ? new TooManyOptions({ pollId }) : Effect.void)
+      ),
+    results: (pollId: PollId, batchIds?: ReadonlyArray<string>) =>
+      Effect.gen(function* () {
+        if (batchIds === undefined || batchIds.length === 0) {
+          const raw = yield* call("results", () => client.hgetall(countsKey(pollId)))
+          const counts: Record<string, number> = {}
+          for (const field in raw) counts[field] = Number(raw[field])
+          return { counts, servedVia: options.name, appliedBatches: [] }
+        }
+        const [flat, applied] = yield* call("results", () =>
+          client.livepollResults(1 + batchIds.length, countsKey(pollId), ...batchIds.map(batchKey))
+        )
+        return { counts: toCounts(flat), servedVia: options.name, appliedBatches: applied.map((i) => batchIds[i - 1]!) }
+      }),
     applyBatch: Effect.fn("VoteStore.redis.applyBatch")(function* (batch: Batch) {
       if (batch.increments.size > MAX_POLLS_PER_BATCH) {
         return yield* Effect.dieMessage(

@@ -1,5 +1,5 @@
 import { Cause, Duration, Effect, Exit, Layer, Schedule } from "effect"
-import type { Batch, Increments, OptionId, PollId } from "../Domain.js"
+import type { Batch, Increments, OptionId, PollId, VoteError } from "../Domain.js"
 import * as Journal from "../Journal.js"
 import type { JournalShape } from "../Journal.js"
 import { addCounts, BufferFull, MAX_OPTIONS_PER_POLL, TooManyOptions } from "../Domain.js"
@@ -116,7 +116,6 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     pollId: PollId,
     optionId: OptionId
   ) {
-    if (knownOptions.get(pollId)?.has(optionId)) return
     // Unknown here: learn the poll's options from the store. If the store is down, judge by what this buffer holds.
     const stored = yield* inner.results(pollId).pipe(
       Effect.map((r) => Object.keys(r.counts)),
@@ -281,39 +280,48 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     )
   })
 
+  const accept = (partition: Partition, pollId: PollId, optionId: OptionId) => {
+    if (addTo(partition.pending, pollId, optionId, 1)) {
+      partition.pendingEntries++
+      bufferedEntries++
+    }
+    partition.pendingVotes++
+    const journaled = journal.append(pollId, optionId)
+    return bufferedEntries >= maxEntries / 2 ? Effect.zipRight(earlyFlush, journaled) : journaled
+  }
+
   const store: VoteStoreShape = {
-    vote: Effect.fn("VoteStore.writeBehind.vote")(function* (pollId: PollId, optionId: OptionId) {
-      const partition = partitionFor(pollId)
-      const isNewEntry = partition.pending.get(pollId)?.has(optionId) !== true
-      if (isNewEntry && bufferedEntries >= maxEntries) {
-        yield* earlyFlush
-        return yield* new BufferFull({ pending: bufferedVotes() })
-      }
-      yield* checkOption(partition, pollId, optionId)
-      if (addTo(partition.pending, pollId, optionId, 1)) {
-        partition.pendingEntries++
-        bufferedEntries++
-      }
-      partition.pendingVotes++
-      if (bufferedEntries >= maxEntries / 2) yield* earlyFlush
-      yield* journal.append(pollId, optionId)
-    }),
-    results: Effect.fn("VoteStore.writeBehind.results")(function* (pollId: PollId) {
-      const partition = partitions.get(inner.partitionOf(pollId))
-      if (partition === undefined) return yield* inner.results(pollId)
-      for (let attempt = 1; ; attempt++) {
-        const { epoch, pending, inflight } = partition
-        const asked = inflight?.increments.has(pollId) ? [inflight.id] : []
-        const stored = yield* inner.results(pollId, asked)
-        // A batch sealed or confirmed while the store was being read could be counted twice or not at all.
-        if (partition.epoch !== epoch && attempt < 5) continue
-        const counts = addCounts({ ...stored.counts }, pending.get(pollId))
-        if (inflight !== undefined && !stored.appliedBatches?.includes(inflight.id)) {
-          addCounts(counts, inflight.increments.get(pollId))
+    // The hot path: plain synchronous steps, no generator and no span (each cost a measurable share per vote).
+    vote: (pollId: PollId, optionId: OptionId) =>
+      Effect.suspend((): Effect.Effect<void, VoteError> => {
+        const partition = partitionFor(pollId)
+        const isNewEntry = partition.pending.get(pollId)?.has(optionId) !== true
+        if (isNewEntry && bufferedEntries >= maxEntries) {
+          return Effect.zipRight(earlyFlush, new BufferFull({ pending: bufferedVotes() }))
         }
-        return { counts, servedVia: stored.servedVia }
-      }
-    }),
+        if (knownOptions.get(pollId)?.has(optionId)) return accept(partition, pollId, optionId)
+        return Effect.zipRight(
+          checkOption(partition, pollId, optionId),
+          Effect.suspend(() => accept(partition, pollId, optionId))
+        )
+      }),
+    results: (pollId: PollId) =>
+      Effect.gen(function* () {
+        const partition = partitions.get(inner.partitionOf(pollId))
+        if (partition === undefined) return yield* inner.results(pollId)
+        for (let attempt = 1; ; attempt++) {
+          const { epoch, pending, inflight } = partition
+          const asked = inflight?.increments.has(pollId) ? [inflight.id] : []
+          const stored = yield* inner.results(pollId, asked)
+          // A batch sealed or confirmed while the store was being read could be counted twice or not at all.
+          if (partition.epoch !== epoch && attempt < 5) continue
+          const counts = addCounts({ ...stored.counts }, pending.get(pollId))
+          if (inflight !== undefined && !stored.appliedBatches?.includes(inflight.id)) {
+            addCounts(counts, inflight.increments.get(pollId))
+          }
+          return { counts, servedVia: stored.servedVia }
+        }
+      }),
     applyBatch: inner.applyBatch,
     partitionOf: inner.partitionOf,
     health: inner.health.pipe(Effect.map((h) => ({ ...h, pendingVotes: h.pendingVotes + bufferedVotes() })))
