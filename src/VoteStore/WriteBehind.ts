@@ -159,7 +159,12 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
       ? Effect.void
       : journal.sealed(partition.name, batch).pipe(Effect.tap(() => (partition.inflightJournaled = true)))
     const exit = yield* journaled.pipe(
-      Effect.zipRight(inner.applyBatch(batch).pipe(Effect.retry(retryPolicy))),
+      Effect.zipRight(
+        inner.applyBatch(batch).pipe(
+          Effect.tapError((e) => Effect.logWarning(`flush of batch ${batch.id} to ${partition.name}: ${e.message}`)),
+          Effect.retry(retryPolicy)
+        )
+      ),
       Effect.exit
     )
     if (Exit.isSuccess(exit)) {

@@ -1,0 +1,63 @@
+import type { App } from "./app.js"
+
+export interface LoadReport {
+  /** 200s per `poll/option`. */
+  readonly accepted: Map<string, number>
+  readonly acceptedTotal: number
+  /** Answers other than 200 (e.g. 503 while a store is down): not counted, and must not be. */
+  readonly refused: number
+  /** Requests with no answer at all (the process died mid-request): may or may not have been counted. */
+  readonly unanswered: number
+}
+
+/**
+ * Votes from `clients` concurrent loops over `polls` x `options` until `until` resolves. Each loop sends one vote at
+ * a time and records its outcome, so the report says exactly which votes were promised.
+ */
+export const runLoad = async (
+  app: () => App,
+  options: {
+    readonly polls: ReadonlyArray<string>
+    readonly options: ReadonlyArray<string>
+    readonly clients: number
+    readonly until: Promise<unknown>
+  }
+): Promise<LoadReport> => {
+  const accepted = new Map<string, number>()
+  let refused = 0
+  let unanswered = 0
+  let done = false
+  void options.until.then(() => (done = true))
+  let sequence = 0
+  const client = async () => {
+    while (!done) {
+      const n = sequence++
+      const poll = options.polls[n % options.polls.length]!
+      const option = options.options[Math.floor(n / options.polls.length) % options.options.length]!
+      try {
+        const reply = await app().vote(poll, option)
+        if (reply.status === 200) accepted.set(`${poll}/${option}`, (accepted.get(`${poll}/${option}`) ?? 0) + 1)
+        else refused++
+      } catch {
+        unanswered++
+        await new Promise((r) => setTimeout(r, 20))
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: options.clients }, client))
+  let acceptedTotal = 0
+  for (const n of accepted.values()) acceptedTotal += n
+  return { accepted, acceptedTotal, refused, unanswered }
+}
+
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+
+/** Polls `read` until `done(value)` holds or the deadline passes; returns the last value. */
+export const eventually = async <A>(read: () => Promise<A>, done: (a: A) => boolean, timeoutMs = 15_000) => {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const value = await read()
+    if (done(value) || Date.now() > deadline) return value
+    await sleep(100)
+  }
+}
