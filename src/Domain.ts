@@ -105,3 +105,94 @@ export const addCounts = (into: Record<string, number>, from: ReadonlyMap<Option
   for (const [option, n] of from) into[option] = (into[option] ?? 0) + n
   return into
 }
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Defined polls: a question, a fixed set of options, optionally one vote per voter and a closing time.
+
+export const VoterId = Schema.String.pipe(
+  Schema.minLength(1, { message: () => "must be 1-128 characters" }),
+  Schema.maxLength(128, { message: () => "must be 1-128 characters" }),
+  Schema.pattern(/^[A-Za-z0-9_.:-]+$/, { message: () => "may contain only A-Z a-z 0-9 _ - . :" }),
+  Schema.brand("VoterId")
+)
+export type VoterId = typeof VoterId.Type
+
+export const VoteRequest = Schema.Struct({
+  option_id: OptionId,
+  voter_id: Schema.optional(VoterId)
+})
+
+const Text = (max: number) =>
+  Schema.String.pipe(
+    Schema.filter((s) => s.trim().length > 0 || "must not be blank"),
+    Schema.maxLength(max, { message: () => `must be at most ${max} characters` })
+  )
+
+export const PollOption = Schema.Struct({ id: OptionId, label: Text(200) })
+export type PollOption = typeof PollOption.Type
+
+export const PollDraft = Schema.Struct({
+  id: Schema.optional(PollId),
+  question: Text(500),
+  options: Schema.Array(PollOption).pipe(
+    Schema.minItems(2, { message: () => "a poll needs at least 2 options" }),
+    Schema.maxItems(64, { message: () => "a poll has at most 64 options" }),
+    Schema.filter((options) => new Set(options.map((o) => o.id)).size === options.length || "option ids must be unique")
+  ),
+  one_vote_per_voter: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  closes_at: Schema.optional(Schema.DateTimeUtc)
+})
+export type PollDraft = typeof PollDraft.Type
+
+export const PollDefinition = Schema.Struct({
+  id: PollId,
+  question: Schema.String,
+  options: Schema.Array(PollOption),
+  one_vote_per_voter: Schema.Boolean,
+  closes_at: Schema.NullOr(Schema.String),
+  closed: Schema.Boolean,
+  created_at: Schema.String
+})
+export type PollDefinition = typeof PollDefinition.Type
+
+export const isOpen = (poll: PollDefinition, now: number) =>
+  !poll.closed && (poll.closes_at === null || Date.parse(poll.closes_at) > now)
+
+export class PollNotFound extends Schema.TaggedError<PollNotFound>()("PollNotFound", { pollId: Schema.String }) {
+  override get message() {
+    return `no poll ${this.pollId} has been defined`
+  }
+}
+
+export class PollExists extends Schema.TaggedError<PollExists>()("PollExists", { pollId: Schema.String }) {
+  override get message() {
+    return `a poll ${this.pollId} exists already`
+  }
+}
+
+export class PollClosed extends Schema.TaggedError<PollClosed>()("PollClosed", { pollId: Schema.String }) {
+  override get message() {
+    return `poll ${this.pollId} is closed`
+  }
+}
+
+export class UnknownOption extends Schema.TaggedError<UnknownOption>()("UnknownOption", {
+  pollId: Schema.String,
+  optionId: Schema.String
+}) {
+  override get message() {
+    return `poll ${this.pollId} has no option ${this.optionId}`
+  }
+}
+
+export class AlreadyVoted extends Schema.TaggedError<AlreadyVoted>()("AlreadyVoted", { pollId: Schema.String }) {
+  override get message() {
+    return `this voter has already voted on poll ${this.pollId}`
+  }
+}
+
+export class VoterRequired extends Schema.TaggedError<VoterRequired>()("VoterRequired", { pollId: Schema.String }) {
+  override get message() {
+    return `poll ${this.pollId} allows one vote per voter: send a voter_id (or the voter cookie)`
+  }
+}

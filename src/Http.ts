@@ -1,21 +1,36 @@
-import { Effect, Either, Exit, Layer, ParseResult, Runtime, Schema } from "effect"
+import { Clock, Effect, Either, Exit, Layer, Option, ParseResult, Runtime, Schema } from "effect"
+import { randomBytes } from "node:crypto"
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
-import type { VoteError } from "./Domain.js"
-import { PollId, VoteBody } from "./Domain.js"
-import { VoteStore } from "./VoteStore.js"
+import type { PollDefinition, VoterId as VoterIdType } from "./Domain.js"
+import { PollDraft, PollId, VoteRequest, VoterId } from "./Domain.js"
+import { Feed } from "./Feed.js"
+import * as LiveResults from "./LiveResults.js"
+import * as Page from "./Page.js"
+import { define, Polls } from "./Polls.js"
+import type { VoteStore } from "./VoteStore.js"
+import { VoteStore as VoteStoreTag } from "./VoteStore.js"
+import * as Voting from "./Voting.js"
 
 export const MAX_BODY_BYTES = 16 * 1024
+/** How long an oversized body is read and thrown away before the 413, so the client is not cut off mid-send. */
+const DISCARD_MS = 1000
 
-/** What a request ends in: a status and a JSON body. */
+type Services = VoteStore | Polls | Feed
+
+/** What a request ends in: a status, a JSON body and any extra headers. */
 export interface Reply {
   readonly status: number
   readonly body: unknown
+  readonly headers?: Readonly<Record<string, string>>
 }
 
 const reply = (status: number, body: unknown): Reply => ({ status, body })
 const failure = (status: number, error: string, message: string): Reply => reply(status, { error, message })
 
-const fromStoreError = (e: VoteError): Reply => {
+/** Every typed failure, to its status and error code: the one place the mapping lives. */
+const fromError = (
+  e: Voting.CastError | { readonly _tag: "PollNotFound" | "PollExists"; readonly message: string }
+) => {
   switch (e._tag) {
     case "StoreUnavailable":
       return failure(503, "store_unavailable", e.message)
@@ -25,6 +40,18 @@ const fromStoreError = (e: VoteError): Reply => {
       return failure(503, "journal_unavailable", e.message)
     case "TooManyOptions":
       return failure(422, "too_many_options", e.message)
+    case "UnknownOption":
+      return failure(422, "unknown_option", e.message)
+    case "PollClosed":
+      return failure(409, "poll_closed", e.message)
+    case "AlreadyVoted":
+      return failure(409, "already_voted", e.message)
+    case "VoterRequired":
+      return failure(400, "voter_required", e.message)
+    case "PollNotFound":
+      return failure(404, "poll_not_found", e.message)
+    case "PollExists":
+      return failure(409, "poll_exists", e.message)
   }
 }
 
@@ -34,12 +61,9 @@ const describeParseError = (error: ParseResult.ParseError) =>
     .join("; ")
 
 const decodePollId = Schema.decodeUnknownEither(PollId)
-const decodeVoteBody = Schema.decodeUnknownEither(VoteBody, { onExcessProperty: "ignore" })
-
-const parsePollId = (raw: string) =>
-  Either.mapLeft(decodePollId(safeDecodeURIComponent(raw)), (e) =>
-    failure(400, "invalid_poll_id", `poll_id ${describeParseError(e)}`)
-  )
+const decodeVoteRequest = Schema.decodeUnknownEither(VoteRequest, { onExcessProperty: "ignore" })
+const decodePollDraft = Schema.decodeUnknownEither(PollDraft, { onExcessProperty: "error", errors: "all" })
+const decodeVoterId = Schema.decodeUnknownEither(VoterId)
 
 const safeDecodeURIComponent = (raw: string) => {
   try {
@@ -49,41 +73,79 @@ const safeDecodeURIComponent = (raw: string) => {
   }
 }
 
-export const vote = (rawPollId: string, text: string): Effect.Effect<Reply, never, VoteStore> => {
+const parsePollId = (raw: string) =>
+  Either.mapLeft(decodePollId(safeDecodeURIComponent(raw)), (e) =>
+    failure(400, "invalid_poll_id", `poll_id ${describeParseError(e)}`)
+  )
+
+const parseJson = (text: string): Either.Either<unknown, Reply> => {
+  if (text.trim() === "") return Either.left(failure(400, "invalid_request", "request body is empty; expected JSON"))
+  try {
+    return Either.right(JSON.parse(text))
+  } catch {
+    return Either.left(failure(400, "invalid_json", "request body is not valid JSON"))
+  }
+}
+
+const cookie = (req: IncomingMessage, name: string): string | undefined => {
+  const header = req.headers.cookie
+  if (header === undefined) return undefined
+  for (const part of header.split(";")) {
+    const eq = part.indexOf("=")
+    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim()
+  }
+  return undefined
+}
+
+/** The voter: `voter_id` in the body, else the `voter` cookie the page sets. */
+const voterOf = (req: IncomingMessage, fromBody: VoterIdType | undefined): VoterIdType | undefined => {
+  if (fromBody !== undefined) return fromBody
+  const fromCookie = cookie(req, "voter")
+  if (fromCookie === undefined) return undefined
+  return Either.getOrUndefined(decodeVoterId(fromCookie))
+}
+
+export const vote = (rawPollId: string, text: string, req?: IncomingMessage): Effect.Effect<Reply, never, Services> => {
   const pollId = parsePollId(rawPollId)
   if (Either.isLeft(pollId)) return Effect.succeed(pollId.left)
-  if (text.trim() === "") return Effect.succeed(failure(400, "invalid_request", "request body is empty; expected JSON"))
-  let json: unknown
-  try {
-    json = JSON.parse(text)
-  } catch {
-    return Effect.succeed(failure(400, "invalid_json", "request body is not valid JSON"))
-  }
-  const body = decodeVoteBody(json)
+  const json = parseJson(text)
+  if (Either.isLeft(json)) return Effect.succeed(json.left)
+  const body = decodeVoteRequest(json.right)
   if (Either.isLeft(body)) return Effect.succeed(failure(400, "invalid_request", describeParseError(body.left)))
-  const { option_id } = body.right
-  return VoteStore.pipe(
-    Effect.flatMap((store) => store.vote(pollId.right, option_id)),
+  const { option_id, voter_id } = body.right
+  const voter = req === undefined ? voter_id : voterOf(req, voter_id)
+  return Voting.cast(pollId.right, option_id, voter).pipe(
+    Effect.zipLeft(Effect.flatMap(Feed, (feed) => feed.local(pollId.right))),
     Effect.match({
-      onFailure: fromStoreError,
+      onFailure: fromError,
       onSuccess: () => reply(200, { poll_id: pollId.right, option_id })
     })
   )
 }
 
-export const results = (rawPollId: string): Effect.Effect<Reply, never, VoteStore> => {
+const tallyBody = (pollId: string, t: Voting.Tally) =>
+  t.poll === undefined
+    ? { poll_id: pollId, results: t.counts, served_via: t.servedVia }
+    : {
+        poll_id: pollId,
+        results: t.counts,
+        served_via: t.servedVia,
+        question: t.poll.question,
+        options: t.poll.options.map((o) => ({ id: o.id, label: o.label, votes: t.counts[o.id] ?? 0 })),
+        one_vote_per_voter: t.poll.one_vote_per_voter,
+        closes_at: t.poll.closes_at,
+        closed: t.poll.closed
+      }
+
+const tally = (pollId: PollId) => Effect.map(Voting.tally(pollId), (t) => tallyBody(pollId, t))
+
+export const results = (rawPollId: string): Effect.Effect<Reply, never, Services> => {
   const pollId = parsePollId(rawPollId)
   if (Either.isLeft(pollId)) return Effect.succeed(pollId.left)
-  return VoteStore.pipe(
-    Effect.flatMap((store) => store.results(pollId.right)),
-    Effect.match({
-      onFailure: fromStoreError,
-      onSuccess: (r) => reply(200, { poll_id: pollId.right, results: r.counts, served_via: r.servedVia })
-    })
-  )
+  return tally(pollId.right).pipe(Effect.match({ onFailure: fromError, onSuccess: (body) => reply(200, body) }))
 }
 
-export const health: Effect.Effect<Reply, never, VoteStore> = VoteStore.pipe(
+export const health: Effect.Effect<Reply, never, Services> = VoteStoreTag.pipe(
   Effect.flatMap((store) => store.health),
   Effect.map((h) => {
     const ok = h.nodes.every((n) => n.reachable)
@@ -91,98 +153,191 @@ export const health: Effect.Effect<Reply, never, VoteStore> = VoteStore.pipe(
   })
 )
 
+const pollBody = (poll: PollDefinition, now: number) => ({ ...poll, open: !poll.closed && isOpenAt(poll, now) })
+const isOpenAt = (poll: PollDefinition, now: number) => poll.closes_at === null || Date.parse(poll.closes_at) > now
+
+export const createPoll = (text: string): Effect.Effect<Reply, never, Services> => {
+  const json = parseJson(text)
+  if (Either.isLeft(json)) return Effect.succeed(json.left)
+  const draft = decodePollDraft(json.right)
+  if (Either.isLeft(draft)) return Effect.succeed(failure(400, "invalid_poll", describeParseError(draft.left)))
+  return Effect.gen(function* () {
+    const polls = yield* Polls
+    const now = yield* Clock.currentTimeMillis
+    const id = draft.right.id ?? (randomBytes(6).toString("base64url") as PollId)
+    const poll = yield* polls.create(define(draft.right, id, new Date(now)))
+    return reply(201, pollBody(poll, now))
+  }).pipe(Effect.catchAll((e) => Effect.succeed(fromError(e))))
+}
+
+const withPoll = (rawPollId: string, use: (pollId: PollId) => Effect.Effect<Reply, never, Services>) => {
+  const pollId = parsePollId(rawPollId)
+  return Either.isLeft(pollId) ? Effect.succeed(pollId.left) : use(pollId.right)
+}
+
+export const getPoll = (rawPollId: string) =>
+  withPoll(rawPollId, (pollId) =>
+    Effect.gen(function* () {
+      const polls = yield* Polls
+      const poll = yield* polls.get(pollId)
+      if (Option.isNone(poll)) return failure(404, "poll_not_found", `no poll ${pollId} has been defined`)
+      return reply(200, pollBody(poll.value, yield* Clock.currentTimeMillis))
+    }).pipe(Effect.catchAll((e) => Effect.succeed(fromError(e))))
+  )
+
+export const closePoll = (rawPollId: string) =>
+  withPoll(rawPollId, (pollId) =>
+    Effect.gen(function* () {
+      const poll = yield* Effect.flatMap(Polls, (polls) => polls.close(pollId))
+      yield* Effect.flatMap(Feed, (feed) => feed.changed(pollId))
+      return reply(200, pollBody(poll, yield* Clock.currentTimeMillis))
+    }).pipe(Effect.catchAll((e) => Effect.succeed(fromError(e))))
+  )
+
 const HEALTHY = reply(200, { status: "healthy" })
 
 /** A request's route: what to run, or the reply for a path or method that has no handler. */
 export type Route =
+  | { readonly _tag: "Root" }
+  | { readonly _tag: "Health" }
   | { readonly _tag: "Vote"; readonly pollId: string }
   | { readonly _tag: "Results"; readonly pollId: string }
-  | { readonly _tag: "Health" }
-  | { readonly _tag: "Root" }
+  | { readonly _tag: "CreatePoll" }
+  | { readonly _tag: "GetPoll"; readonly pollId: string; readonly page: boolean }
+  | { readonly _tag: "ClosePoll"; readonly pollId: string }
+  | { readonly _tag: "Stream"; readonly pollId: string }
   | { readonly _tag: "Reject"; readonly reply: Reply }
 
-const notAllowed = (method: string, path: string, allowed: string): Route => ({
-  _tag: "Reject",
-  reply: failure(405, "method_not_allowed", `${method} is not allowed on ${path}; use ${allowed}`)
-})
+const only = (method: string, path: string, allowed: string, route: Route): Route =>
+  method === allowed
+    ? route
+    : {
+        _tag: "Reject",
+        reply: {
+          ...failure(405, "method_not_allowed", `${method} is not allowed on ${path}; use ${allowed}`),
+          headers: { allow: allowed }
+        }
+      }
 
-/** Every route exists bare and under /api/v1. */
-export const route = (method: string, url: string): Route => {
+/**
+ * Every route exists bare and under /api/v1. The one exception in meaning: bare `GET /polls/{id}` from a browser
+ * (Accept: text/html) is the poll's page; anything else there gets the definition as JSON.
+ */
+export const route = (method: string, url: string, accept = ""): Route => {
   const query = url.indexOf("?")
   const path = query === -1 ? url : url.slice(0, query)
-  const bare = path.startsWith("/api/v1") && (path.length === 7 || path[7] === "/") ? path.slice(7) : path
+  const api = path.startsWith("/api/v1") && (path.length === 7 || path[7] === "/")
+  const bare = api ? path.slice(7) : path
   const parts = bare.split("/").filter((p, i, all) => p !== "" || (i > 0 && i < all.length - 1))
-  if (parts.length === 0) return method === "GET" ? { _tag: "Root" } : notAllowed(method, path, "GET")
-  if (parts.length === 1 && parts[0] === "health") {
-    return method === "GET" ? { _tag: "Health" } : notAllowed(method, path, "GET")
-  }
-  if (parts.length === 2 && parts[0] === "vote") {
-    return method === "POST" ? { _tag: "Vote", pollId: parts[1]! } : notAllowed(method, path, "POST")
-  }
-  if (parts.length === 2 && parts[0] === "results") {
-    return method === "GET" ? { _tag: "Results", pollId: parts[1]! } : notAllowed(method, path, "GET")
+  const [first, id, action] = parts
+  switch (parts.length) {
+    case 0:
+      return only(method, path, "GET", { _tag: "Root" })
+    case 1:
+      if (first === "health") return only(method, path, "GET", { _tag: "Health" })
+      if (first === "polls") return only(method, path, "POST", { _tag: "CreatePoll" })
+      break
+    case 2:
+      if (first === "vote") return only(method, path, "POST", { _tag: "Vote", pollId: id! })
+      if (first === "results") return only(method, path, "GET", { _tag: "Results", pollId: id! })
+      if (first === "polls") {
+        return only(method, path, "GET", { _tag: "GetPoll", pollId: id!, page: !api && accept.includes("text/html") })
+      }
+      break
+    case 3:
+      if (first === "polls" && action === "close") return only(method, path, "POST", { _tag: "ClosePoll", pollId: id! })
+      if (first === "polls" && action === "stream") return only(method, path, "GET", { _tag: "Stream", pollId: id! })
+      break
   }
   return { _tag: "Reject", reply: failure(404, "not_found", `no route ${path}`) }
 }
 
 const send = (res: ServerResponse, r: Reply) => {
   const json = JSON.stringify(r.body)
-  const headers: Record<string, string | number> = {
+  res.writeHead(r.status, {
     "content-type": "application/json",
-    "content-length": Buffer.byteLength(json)
-  }
-  // An oversized body may still be arriving: closing the connection stops the client from sending the rest.
-  if (r.status === 413) headers.connection = "close"
-  res.writeHead(r.status, headers)
+    "content-length": Buffer.byteLength(json),
+    ...r.headers
+  })
   res.end(json)
 }
 
-/** Reads the body up to `limit` bytes; past it, answers 413 and lets Node discard the rest. */
-const readBody = (req: IncomingMessage, limit: number, then: (text: string | undefined) => void) => {
-  if (Number(req.headers["content-length"] ?? 0) > limit) {
-    req.resume()
-    return then(undefined)
-  }
-  const chunks: Array<Buffer> = []
-  let size = 0
-  let done = false
-  req.on("data", (chunk: Buffer) => {
-    if (done) return
-    size += chunk.length
-    if (size <= limit) return void chunks.push(chunk)
-    done = true
-    then(undefined)
-  })
-  req.on("end", () => {
-    if (done) return
-    done = true
-    then(chunks.length === 1 ? chunks[0]!.toString("utf8") : Buffer.concat(chunks).toString("utf8"))
-  })
-  req.on("error", () => {
-    if (done) return
-    done = true
-    then("")
-  })
+const TOO_LARGE: Reply = {
+  ...failure(413, "payload_too_large", `request body is over ${MAX_BODY_BYTES} bytes`),
+  // The rest of an oversized body is not wanted: the connection ends after this answer.
+  headers: { connection: "close" }
 }
 
-const TOO_LARGE = failure(413, "payload_too_large", `request body is over ${MAX_BODY_BYTES} bytes`)
+/**
+ * Reads the body up to `limit` bytes. Past it the rest is read and thrown away for up to DISCARD_MS, so a client
+ * still sending gets its 413 instead of a reset connection; then the 413 goes out and the connection closes.
+ */
+const readBody = (req: IncomingMessage, limit: number, then: (text: string | undefined) => void) => {
+  const chunks: Array<Buffer> = []
+  let size = Number(req.headers["content-length"] ?? 0) > limit ? limit + 1 : 0
+  let done = false
+  let discardTimer: NodeJS.Timeout | undefined
+  const finish = (text: string | undefined) => {
+    if (done) return
+    done = true
+    if (discardTimer !== undefined) clearTimeout(discardTimer)
+    then(text)
+  }
+  const startDiscarding = () => {
+    chunks.length = 0
+    discardTimer ??= setTimeout(() => finish(undefined), DISCARD_MS)
+  }
+  if (size > limit) startDiscarding()
+  req.on("data", (chunk: Buffer) => {
+    size += chunk.length
+    if (size <= limit) chunks.push(chunk)
+    else startDiscarding()
+  })
+  req.on("end", () => {
+    if (size > limit) return finish(undefined)
+    finish(chunks.length === 1 ? chunks[0]!.toString("utf8") : Buffer.concat(chunks).toString("utf8"))
+  })
+  req.on("error", () => finish(""))
+}
+
+const sendPage = (req: IncomingMessage, res: ServerResponse, pollId: string) => {
+  const html = Page.render(pollId)
+  const headers: Record<string, string | number> = {
+    "content-type": "text/html; charset=utf-8",
+    "content-length": Buffer.byteLength(html),
+    "cache-control": "no-store"
+  }
+  // Gives the browser a voter id once, so one-vote-per-voter polls can tell its second vote from a new voter's.
+  if (cookie(req, "voter") === undefined) {
+    headers["set-cookie"] = `voter=${randomBytes(12).toString("base64url")}; Path=/; Max-Age=31536000; SameSite=Lax`
+  }
+  res.writeHead(200, headers)
+  res.end(html)
+}
 
 /**
  * The HTTP listener: plain `node:http`, with each request's work run as an Effect on the application's runtime.
- * Measured against @effect/platform's HttpServer in bench/; see the README's "HTTP layer" for the numbers.
+ * (See the README's "HTTP layer" for why this is not @effect/platform's HttpServer, with the measurements.)
  */
-export const makeHandler = (runtime: Runtime.Runtime<VoteStore>) => {
+export const makeHandler = (runtime: Runtime.Runtime<Services>) => {
   const runFork = Runtime.runFork(runtime)
-  const run = (res: ServerResponse, effect: Effect.Effect<Reply, never, VoteStore>) => {
-    const fiber = runFork(effect)
-    fiber.addObserver((exit) => {
+  // Streams carry the results only: where they were read from changes from read to read and is not news.
+  const hub = LiveResults.makeHub(runtime, (pollId) => Effect.map(tally(pollId), ({ served_via: _, ...rest }) => rest))
+  const run = (res: ServerResponse, effect: Effect.Effect<Reply, never, Services>) => {
+    runFork(effect).addObserver((exit) => {
       if (Exit.isSuccess(exit)) return send(res, exit.value)
       runFork(Effect.logError("request failed unexpectedly", exit.cause))
       send(res, failure(500, "internal_error", "the server failed to handle this request"))
     })
   }
-  return (req: IncomingMessage, res: ServerResponse) => {
-    const r = route(req.method ?? "GET", req.url ?? "/")
+  const withBody = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    use: (text: string) => Effect.Effect<Reply, never, Services>
+  ) => readBody(req, MAX_BODY_BYTES, (text) => (text === undefined ? send(res, TOO_LARGE) : run(res, use(text))))
+
+  const handler = (req: IncomingMessage, res: ServerResponse) => {
+    const r = route(req.method ?? "GET", req.url ?? "/", req.headers.accept)
     switch (r._tag) {
       case "Root":
         return send(res, HEALTHY)
@@ -193,11 +348,27 @@ export const makeHandler = (runtime: Runtime.Runtime<VoteStore>) => {
       case "Results":
         return run(res, results(r.pollId))
       case "Vote":
-        return readBody(req, MAX_BODY_BYTES, (text) =>
-          text === undefined ? send(res, TOO_LARGE) : run(res, vote(r.pollId, text))
-        )
+        return withBody(req, res, (text) => vote(r.pollId, text, req))
+      case "CreatePoll":
+        return withBody(req, res, createPoll)
+      case "GetPoll": {
+        if (!r.page) return run(res, getPoll(r.pollId))
+        const pollId = parsePollId(r.pollId)
+        return Either.isLeft(pollId) ? send(res, pollId.left) : sendPage(req, res, pollId.right)
+      }
+      case "ClosePoll":
+        return withBody(req, res, () => closePoll(r.pollId))
+      case "Stream": {
+        const pollId = parsePollId(r.pollId)
+        if (Either.isLeft(pollId)) return send(res, pollId.left)
+        if (!hub.attach(pollId.right, res)) {
+          send(res, failure(503, "too_many_streams", "this instance holds as many live streams as it can"))
+        }
+        return
+      }
     }
   }
+  return { handler, hub }
 }
 
 export interface ServerOptions {
@@ -208,14 +379,14 @@ export interface ServerOptions {
 }
 
 /**
- * Serves until the scope closes. On close: stop accepting, let running requests finish, close keep-alive
- * connections as they go idle, cut whatever is left after `drainMs`. Only then do the store layers shut down
- * (the write-behind buffer's final flush), since they were acquired first.
+ * Serves until the scope closes. On close: stop accepting, end live streams, let running requests finish, close
+ * keep-alive connections as they go idle, cut whatever is left after `drainMs`. Only then do the store layers shut
+ * down (the write-behind buffer's final flush), since they were acquired first.
  */
-export const layer = (options: ServerOptions): Layer.Layer<never, never, VoteStore> =>
+export const layer = (options: ServerOptions): Layer.Layer<never, never, Services> =>
   Layer.scopedDiscard(
     Effect.gen(function* () {
-      const handler = makeHandler(yield* Effect.runtime<VoteStore>())
+      const { handler, hub } = makeHandler(yield* Effect.runtime<Services>())
       const server = createServer({ keepAliveTimeout: 5000 }, handler)
       yield* Effect.async<void, never>((resume) => {
         server.listen(options.port, options.host, () => resume(Effect.void))
@@ -230,6 +401,7 @@ export const layer = (options: ServerOptions): Layer.Layer<never, never, VoteSto
             clearTimeout(deadline)
             resume(Effect.void)
           })
+          hub.close()
           server.closeIdleConnections()
         })
       )

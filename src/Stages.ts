@@ -1,36 +1,50 @@
 import { ConfigError, Duration, Effect, Layer, Option } from "effect"
 import type { AppConfig, Stage } from "./Config.js"
 import { AppConfig as AppConfigSpec } from "./Config.js"
+import * as Feed from "./Feed.js"
 import * as Journal from "./Journal.js"
+import * as Polls from "./Polls.js"
+import * as PollsRedis from "./Polls/Redis.js"
 import { asInner, InnerStore, layerMemory, VoteStore } from "./VoteStore.js"
 import * as Cached from "./VoteStore/Cached.js"
+import * as Notifying from "./VoteStore/Notifying.js"
 import * as RedisStore from "./VoteStore/Redis.js"
 import * as Sharded from "./VoteStore/Sharded.js"
 import * as WriteBehind from "./VoteStore/WriteBehind.js"
 
-/** Stack a decorator (cache, buffer) on top of the store it wraps. */
-const over = <E, R>(
-  decorator: Layer.Layer<VoteStore, never, InnerStore>,
+/** Stack a decorator (cache, buffer, change signals) on top of the store it wraps. */
+const over = <E, R, R2>(
+  decorator: Layer.Layer<VoteStore, never, R2>,
   inner: Layer.Layer<VoteStore, E, R>
-): Layer.Layer<VoteStore, E, R> => decorator.pipe(Layer.provide(asInner(inner)))
+): Layer.Layer<VoteStore, E, R | Exclude<R2, InnerStore>> => decorator.pipe(Layer.provide(asInner(inner)))
 
-const single = (c: AppConfig) => RedisStore.layer({ url: c.redisUrl, name: "redis" })
-const shards = (c: AppConfig) => Sharded.layerRedis(c.redisNodes)
+type Services = VoteStore | Polls.Polls | Feed.Feed
+
+const single = (c: AppConfig) => [{ url: c.redisUrl, name: "redis" }]
+
+/** The bottom of every stack: the store itself, which signals changes to live result streams. */
+const base = (store: Layer.Layer<VoteStore>) => over(Notifying.layer, store)
 const cache = (c: AppConfig) => Cached.layer({ ttl: Duration.millis(c.cacheTtlMs) })
 const journal = (c: AppConfig) =>
   Option.match(c.journalDir, { onNone: () => Journal.layerNone, onSome: Journal.layerFile })
 const buffer = (c: AppConfig) =>
   WriteBehind.layer({ flushInterval: Duration.millis(c.flushIntervalMs) }).pipe(Layer.provide(journal(c)))
 
-/** The six stages of the design, each one layer composition. Reading a row top-down reads the stack outside-in. */
-export const compositions: Record<Stage, (c: AppConfig) => Layer.Layer<VoteStore>> = {
-  memory: () => layerMemory,
-  redis: single,
-  cached: (c) => over(cache(c), single(c)),
-  batched: (c) => over(buffer(c), single(c)),
-  sharded: shards,
+/** Poll definitions and change signals live on the same Redis node(s) as the counts. */
+const onRedis = (
+  nodes: ReadonlyArray<{ url: string; name: string }>,
+  store: Layer.Layer<VoteStore, never, Feed.Feed>
+) => Layer.merge(store, PollsRedis.layer(nodes)).pipe(Layer.provideMerge(Feed.layerRedis(nodes)))
+
+/** The six stages of the design, each one layer composition. Reading a row left to right reads the stack outside-in. */
+export const compositions: Record<Stage, (c: AppConfig) => Layer.Layer<Services>> = {
+  memory: () => Layer.merge(base(layerMemory), Polls.layerMemory).pipe(Layer.provideMerge(Feed.layerLocal)),
+  redis: (c) => onRedis(single(c), base(RedisStore.layer(single(c)[0]!))),
+  cached: (c) => onRedis(single(c), over(cache(c), base(RedisStore.layer(single(c)[0]!)))),
+  batched: (c) => onRedis(single(c), over(buffer(c), base(RedisStore.layer(single(c)[0]!)))),
+  sharded: (c) => onRedis(c.redisNodes, base(Sharded.layerRedis(c.redisNodes))),
   // Buffer outermost so reads add this instance's pending votes to the (possibly cached) stored counts.
-  full: (c) => over(buffer(c), over(cache(c), shards(c)))
+  full: (c) => onRedis(c.redisNodes, over(buffer(c), over(cache(c), base(Sharded.layerRedis(c.redisNodes)))))
 }
 
 const describe = (c: AppConfig) =>
@@ -46,8 +60,8 @@ const describe = (c: AppConfig) =>
     ...(["batched", "full"].includes(c.stage) ? [`journal=${Option.getOrElse(c.journalDir, () => "off")}`] : [])
   ].join(" ")
 
-/** The store chosen by `POLL_STAGE`. */
-export const layer: Layer.Layer<VoteStore, ConfigError.ConfigError> = Layer.unwrapEffect(
+/** The services chosen by `POLL_STAGE`. */
+export const layer: Layer.Layer<Services, ConfigError.ConfigError> = Layer.unwrapEffect(
   Effect.gen(function* () {
     const config = yield* AppConfigSpec
     yield* Effect.logInfo(`livepoll starting: ${describe(config)}`)

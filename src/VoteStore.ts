@@ -4,7 +4,10 @@ import { MAX_OPTIONS_PER_POLL, TooManyOptions } from "./Domain.js"
 
 export interface VoteStoreShape {
   readonly vote: (pollId: PollId, optionId: OptionId) => Effect.Effect<void, VoteError>
-  /** `batchIds`: unconfirmed batches the caller holds; the answer says which of them the store had applied. */
+  /**
+   * `batchIds`: unconfirmed batches the caller holds; the answer says which of them the store had applied. Passing
+   * it (even empty) asks for the store's own current counts, past any cache.
+   */
   readonly results: (pollId: PollId, batchIds?: ReadonlyArray<string>) => Effect.Effect<PollResults, StoreUnavailable>
   /** Apply a batch exactly once: a batch whose id the store has seen already is a no-op. */
   readonly applyBatch: (batch: Batch) => Effect.Effect<void, StoreUnavailable>

@@ -25,9 +25,10 @@ export const make = Effect.fn("VoteStore.cached.make")(function* (inner: VoteSto
   })
   const store: VoteStoreShape = {
     ...inner,
-    // A snapshot cannot say whether an unconfirmed batch is in it, so a read that asks goes to the store.
+    // A snapshot cannot say whether an unconfirmed batch is in it, so a read that asks (even about no batch: the
+    // caller wants the store's own answer) goes to the store.
     results: (pollId, batchIds) =>
-      batchIds !== undefined && batchIds.length > 0
+      batchIds !== undefined
         ? inner.results(pollId, batchIds)
         : cache.getEither(pollId).pipe(
             Effect.map(

@@ -1,7 +1,8 @@
-import { Duration, Effect, Layer, Runtime } from "effect"
-import { Redis } from "ioredis"
+import { Effect, Layer } from "effect"
+import type { Redis } from "ioredis"
 import type { Batch, OptionId, PollId } from "../Domain.js"
-import { MAX_OPTIONS_PER_POLL, StoreUnavailable, TooManyOptions } from "../Domain.js"
+import { MAX_OPTIONS_PER_POLL, TooManyOptions } from "../Domain.js"
+import * as RedisClient from "../RedisClient.js"
 import type { VoteStoreShape } from "../VoteStore.js"
 import { VoteStore } from "../VoteStore.js"
 
@@ -11,8 +12,6 @@ const batchKey = (batchId: string) => `livepoll:batch:${batchId}`
 
 /** How long a node remembers an applied batch id; far longer than any retry of that batch can take. */
 const BATCH_MEMORY_SECONDS = 24 * 60 * 60
-/** A command that has not answered in this time fails, so callers get a 503 within the contract's 2 s. */
-export const COMMAND_TIMEOUT_MS = 1500
 
 const VOTE_SCRIPT = `
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 or redis.call('HLEN', KEYS[1]) < tonumber(ARGV[2]) then
@@ -49,21 +48,9 @@ interface LivepollRedis extends Redis {
   livepollApplyBatch(numKeys: number, ...args: Array<string | number>): Promise<number>
 }
 
-export interface RedisOptions {
-  readonly url: string
-  /** The node's name: `served_via` of reads and the label in health and logs. */
-  readonly name: string
-}
+export type RedisOptions = RedisClient.RedisNode
 
-const connect = (url: string): LivepollRedis => {
-  const client = new Redis(url, {
-    // Fail fast while disconnected instead of queueing without bound; ioredis reconnects by itself.
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 1,
-    commandTimeout: COMMAND_TIMEOUT_MS,
-    connectTimeout: 1000,
-    retryStrategy: (attempt) => Math.min(attempt * 100, 1000)
-  })
+const withScripts = (client: Redis): LivepollRedis => {
   client.defineCommand("livepollVote", { numberOfKeys: 1, lua: VOTE_SCRIPT })
   client.defineCommand("livepollApplyBatch", { lua: APPLY_BATCH_SCRIPT })
   client.defineCommand("livepollResults", { lua: RESULTS_SCRIPT })
@@ -90,53 +77,9 @@ const toCounts = (flat: ReadonlyArray<string>): Record<string, number> => {
   return counts
 }
 
-const describe = (error: unknown): string => {
-  const message = error instanceof Error ? error.message : String(error)
-  if (message.includes("enableOfflineQueue")) return "not connected"
-  if (message.includes("timed out")) return "no answer in time"
-  return message
-}
-
 export const make = Effect.fn("VoteStore.redis.make")(function* (options: RedisOptions) {
-  const client = yield* Effect.acquireRelease(
-    Effect.sync(() => connect(options.url)),
-    (client) =>
-      Effect.promise(() => client.quit()).pipe(
-        Effect.timeout(Duration.seconds(1)),
-        Effect.ignore,
-        Effect.ensuring(Effect.sync(() => client.disconnect()))
-      )
-  )
-
-  const runFork = Runtime.runFork(yield* Effect.runtime<never>())
-  // undefined until the first connection attempt settles, so a node that is down at start-up is logged too.
-  let reachable: boolean | undefined = undefined
-  client.on("ready", () => {
-    reachable = true
-    runFork(Effect.logInfo(`redis node ${options.name} connected`).pipe(Effect.annotateLogs("url", options.url)))
-  })
-  client.on("error", (error: Error) => {
-    // ioredis emits one error per reconnect attempt; log the transition only.
-    if (reachable !== false) {
-      reachable = false
-      runFork(Effect.logWarning(`redis node ${options.name} unreachable: ${error.message}`))
-    }
-  })
-  client.on("end", () => {
-    reachable = false
-  })
-
-  const call = <A>(what: string, run: () => Promise<A>) =>
-    Effect.tryPromise({
-      try: run,
-      catch: (error) => new StoreUnavailable({ node: options.name, reason: `${what} failed: ${describe(error)}` })
-    }).pipe(
-      // A second guard in case the client itself hangs (for example mid-reconnect).
-      Effect.timeoutFail({
-        duration: Duration.millis(COMMAND_TIMEOUT_MS + 200),
-        onTimeout: () => new StoreUnavailable({ node: options.name, reason: `${what}: timed out` })
-      })
-    )
+  const client = withScripts(yield* RedisClient.acquire(options))
+  const call = RedisClient.caller(options.name)
 
   const store: VoteStoreShape = {
     vote: (pollId: PollId, optionId: OptionId) =>

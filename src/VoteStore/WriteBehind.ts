@@ -117,7 +117,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     optionId: OptionId
   ) {
     // Unknown here: learn the poll's options from the store. If the store is down, judge by what this buffer holds.
-    const stored = yield* inner.results(pollId).pipe(
+    const stored = yield* inner.results(pollId, []).pipe(
       Effect.map((r) => Object.keys(r.counts)),
       Effect.orElseSucceed(() => [])
     )
@@ -316,7 +316,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
         if (partition === undefined) return yield* inner.results(pollId)
         for (let attempt = 1; ; attempt++) {
           const { epoch, pending, inflight } = partition
-          const asked = inflight?.increments.has(pollId) ? [inflight.id] : []
+          const asked = inflight?.increments.has(pollId) ? [inflight.id] : undefined
           const stored = yield* inner.results(pollId, asked)
           // A batch sealed or confirmed while the store was being read could be counted twice or not at all.
           if (partition.epoch !== epoch && attempt < 5) continue

@@ -1,0 +1,147 @@
+import { Effect, Exit, Runtime } from "effect"
+import type { ServerResponse } from "node:http"
+import type { PollId } from "./Domain.js"
+import { Feed } from "./Feed.js"
+import type { Polls } from "./Polls.js"
+import type { VoteStore } from "./VoteStore.js"
+
+/** Streams open at once on one instance; past it a new stream is refused with 503. */
+export const MAX_STREAMS = 10_000
+/** A poll's stream re-reads its results at most this often, however fast votes arrive. */
+export const MIN_UPDATE_INTERVAL_MS = 100
+const HEARTBEAT_MS = 15_000
+
+interface Client {
+  readonly res: ServerResponse
+  /** The socket is backed up: skip updates until it drains, then send the latest. */
+  blocked: boolean
+}
+
+interface Watch {
+  readonly clients: Set<Client>
+  last: string | undefined
+  lastReadAt: number
+  timer: NodeJS.Timeout | undefined
+  reading: boolean
+  dirty: boolean
+  unsubscribe: Effect.Effect<void>
+}
+
+/**
+ * Server-Sent Events of each poll's results. One watch per poll with listeners, however many: it waits for the
+ * feed's change signals, re-reads at most every MIN_UPDATE_INTERVAL_MS and sends only what differs from the last
+ * event. A slow client is skipped while its socket is backed up and catches up with the latest event when it drains;
+ * it never holds up the others.
+ */
+type Services = Feed | Polls | VoteStore
+
+export const makeHub = (
+  runtime: Runtime.Runtime<Services>,
+  read: (pollId: PollId) => Effect.Effect<unknown, unknown, Services>
+) => {
+  const runFork = Runtime.runFork(runtime)
+  const watches = new Map<PollId, Watch>()
+  let open = 0
+
+  const frame = (data: string) => `event: results\ndata: ${data}\n\n`
+
+  const deliver = (watch: Watch, data: string) => {
+    watch.last = data
+    for (const client of watch.clients) {
+      if (client.blocked) continue
+      if (!client.res.write(frame(data))) client.blocked = true
+    }
+  }
+
+  const refresh = (pollId: PollId, watch: Watch) => {
+    if (watch.reading) {
+      watch.dirty = true
+      return
+    }
+    watch.reading = true
+    watch.dirty = false
+    watch.lastReadAt = Date.now()
+    runFork(read(pollId)).addObserver((exit) => {
+      watch.reading = false
+      if (Exit.isSuccess(exit)) {
+        const data = JSON.stringify(exit.value)
+        if (data !== watch.last) deliver(watch, data)
+      }
+      if (watch.dirty) schedule(pollId, watch)
+    })
+  }
+
+  const schedule = (pollId: PollId, watch: Watch) => {
+    if (watch.timer !== undefined || watches.get(pollId) !== watch) return
+    const wait = Math.max(0, watch.lastReadAt + MIN_UPDATE_INTERVAL_MS - Date.now())
+    watch.timer = setTimeout(() => {
+      watch.timer = undefined
+      refresh(pollId, watch)
+    }, wait)
+  }
+
+  const heartbeat = setInterval(() => {
+    for (const watch of watches.values()) {
+      for (const client of watch.clients) if (!client.blocked) client.res.write(": keep-alive\n\n")
+    }
+  }, HEARTBEAT_MS)
+  heartbeat.unref()
+
+  const attach = (pollId: PollId, res: ServerResponse): boolean => {
+    if (open >= MAX_STREAMS) return false
+    open++
+    res.writeHead(200, {
+      "content-type": "text/event-stream",
+      "cache-control": "no-cache",
+      connection: "keep-alive",
+      "x-accel-buffering": "no"
+    })
+    res.write("retry: 2000\n\n")
+    let watch = watches.get(pollId)
+    if (watch === undefined) {
+      const created: Watch = {
+        clients: new Set(),
+        last: undefined,
+        lastReadAt: 0,
+        timer: undefined,
+        reading: false,
+        dirty: false,
+        unsubscribe: Effect.void
+      }
+      watches.set(pollId, created)
+      runFork(Effect.flatMap(Feed, (feed) => feed.subscribe(pollId, () => schedule(pollId, created)))).addObserver(
+        (exit) => {
+          if (Exit.isSuccess(exit)) created.unsubscribe = exit.value
+        }
+      )
+      watch = created
+    }
+    const client: Client = { res, blocked: false }
+    watch.clients.add(client)
+    const current = watch
+    res.on("drain", () => {
+      client.blocked = false
+      if (current.last !== undefined) client.blocked = !res.write(frame(current.last))
+    })
+    res.on("close", () => {
+      open--
+      current.clients.delete(client)
+      if (current.clients.size === 0 && watches.get(pollId) === current) {
+        watches.delete(pollId)
+        if (current.timer !== undefined) clearTimeout(current.timer)
+        runFork(current.unsubscribe)
+      }
+    })
+    // The current results at once: from the last event if there is one, otherwise a fresh read.
+    if (watch.last !== undefined) res.write(frame(watch.last))
+    else refresh(pollId, watch)
+    return true
+  }
+
+  const close = () => {
+    clearInterval(heartbeat)
+    for (const watch of watches.values()) for (const client of watch.clients) client.res.end()
+  }
+
+  return { attach, close, openStreams: () => open }
+}

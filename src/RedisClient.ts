@@ -1,0 +1,102 @@
+import { Duration, Effect, Runtime, type Scope } from "effect"
+import { Redis } from "ioredis"
+import { StoreUnavailable } from "./Domain.js"
+
+/** A command that has not answered in this time fails, so callers get a 503 within the contract's 2 s. */
+export const COMMAND_TIMEOUT_MS = 1500
+
+export interface RedisNode {
+  readonly url: string
+  /** The node's name: `served_via` of reads and the label in health and logs. */
+  readonly name: string
+}
+
+export interface ConnectOptions {
+  /** Send commands issued in the same tick as one pipeline (one round trip). */
+  readonly autoPipelining?: boolean
+  /** A pub/sub connection: commands wait for the connection instead of failing, and subscriptions are restored. */
+  readonly subscriber?: boolean
+}
+
+/**
+ * An ioredis client in the current scope, quit when the scope closes. Commands fail fast while the node is down
+ * (no unbounded offline queue) and ioredis reconnects by itself; connection changes are logged once each.
+ */
+export const acquire = (node: RedisNode, options: ConnectOptions = {}): Effect.Effect<Redis, never, Scope.Scope> =>
+  Effect.gen(function* () {
+    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    const role = options.subscriber ? " (pub/sub)" : ""
+    const client = yield* Effect.acquireRelease(
+      Effect.sync(
+        () =>
+          new Redis(node.url, {
+            enableOfflineQueue: options.subscriber === true,
+            enableAutoPipelining: options.autoPipelining === true,
+            maxRetriesPerRequest: options.subscriber ? null : 1,
+            commandTimeout: options.subscriber ? undefined : COMMAND_TIMEOUT_MS,
+            connectTimeout: 1000,
+            retryStrategy: (attempt) => Math.min(attempt * 100, 1000)
+          })
+      ),
+      (client) =>
+        Effect.promise(() => client.quit()).pipe(
+          Effect.timeout(Duration.seconds(1)),
+          Effect.ignore,
+          Effect.ensuring(Effect.sync(() => client.disconnect()))
+        )
+    )
+    // undefined until the first connection attempt settles, so a node that is down at start-up is logged too.
+    let reachable: boolean | undefined = undefined
+    client.on("ready", () => {
+      reachable = true
+      runFork(Effect.logInfo(`redis node ${node.name} connected${role}`).pipe(Effect.annotateLogs("url", node.url)))
+    })
+    client.on("error", (error: Error) => {
+      // ioredis emits one error per reconnect attempt; log the transition only.
+      if (reachable !== false) {
+        reachable = false
+        if (!options.subscriber) runFork(Effect.logWarning(`redis node ${node.name} unreachable: ${error.message}`))
+      }
+    })
+    client.on("end", () => {
+      reachable = false
+    })
+    // Give the first connection a moment, so an app whose Redis is up does not answer 503 in its first milliseconds;
+    // a node that is down does not hold up the start (the app starts and reconnects by itself).
+    if (!options.subscriber) {
+      yield* Effect.async<void>((resume) => {
+        const settle = () => {
+          clearTimeout(timer)
+          client.off("ready", settle)
+          client.off("error", settle)
+          resume(Effect.void)
+        }
+        const timer = setTimeout(settle, 1000)
+        client.once("ready", settle)
+        client.once("error", settle)
+      })
+    }
+    return client
+  })
+
+const describe = (error: unknown): string => {
+  const message = error instanceof Error ? error.message : String(error)
+  if (message.includes("enableOfflineQueue")) return "not connected"
+  if (message.includes("timed out")) return "no answer in time"
+  return message
+}
+
+/** Runs one client call as an Effect that fails with StoreUnavailable naming the node, and never hangs. */
+export const caller =
+  (node: string) =>
+  <A>(what: string, run: () => Promise<A>): Effect.Effect<A, StoreUnavailable> =>
+    Effect.tryPromise({
+      try: run,
+      catch: (error) => new StoreUnavailable({ node, reason: `${what} failed: ${describe(error)}` })
+    }).pipe(
+      // A second guard in case the client itself hangs (for example mid-reconnect).
+      Effect.timeoutFail({
+        duration: Duration.millis(COMMAND_TIMEOUT_MS + 200),
+        onTimeout: () => new StoreUnavailable({ node, reason: `${what}: timed out` })
+      })
+    )
