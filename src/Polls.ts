@@ -69,7 +69,8 @@ export const withCache = (polls: PollsShape, ttl: Duration.DurationInput = Durat
     })
     const shape: PollsShape = {
       ...polls,
-      get: (pollId) => cache.get(pollId),
+      // A failed read must not linger: Effect's cache keeps a zero-lifetime entry until the clock moves on.
+      get: (pollId) => Effect.tapError(cache.get(pollId), () => cache.invalidate(pollId)),
       create: (poll) => Effect.tap(polls.create(poll), () => cache.invalidate(poll.id)),
       close: (pollId) => Effect.tap(polls.close(pollId), () => cache.invalidate(pollId))
     }

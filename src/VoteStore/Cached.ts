@@ -31,6 +31,8 @@ export const make = Effect.fn("VoteStore.cached.make")(function* (inner: VoteSto
       batchIds !== undefined
         ? inner.results(pollId, batchIds)
         : cache.getEither(pollId).pipe(
+            // Effect's cache keeps even a zero-lifetime entry until the clock moves on: drop a failure at once.
+            Effect.tapError(() => cache.invalidate(pollId)),
             Effect.map(
               Either.match({
                 onLeft: (hit) => ({ counts: hit.counts, servedVia: APP_CACHE }),

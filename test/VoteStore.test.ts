@@ -1,0 +1,286 @@
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { Duration, Effect, Schedule, type Scope, TestClock } from "effect"
+import type { Redis } from "ioredis"
+import { type Batch, MAX_OPTIONS_PER_POLL, OptionId, PollId, StoreUnavailable, TooManyOptions } from "../src/Domain.js"
+import * as Cached from "../src/VoteStore/Cached.js"
+import * as RedisStore from "../src/VoteStore/Redis.js"
+import * as Sharded from "../src/VoteStore/Sharded.js"
+import * as WriteBehind from "../src/VoteStore/WriteBehind.js"
+import { IN_MEMORY, makeMemory, type VoteStoreShape } from "../src/VoteStore.js"
+import { type RedisServer, startRedis } from "./support/redis.js"
+
+const poll = (id: string) => PollId.make(id)
+const option = (id: string) => OptionId.make(id)
+
+interface Backend {
+  readonly store: VoteStoreShape
+  /** Lets a buffering store write what it holds; a no-op for the others. Counts must read the same after it. */
+  readonly settle: Effect.Effect<void>
+}
+
+const direct = (store: VoteStoreShape): Backend => ({ store, settle: Effect.void })
+
+let single: RedisServer
+let second: RedisServer
+let outage: RedisServer
+
+beforeAll(async () => {
+  single = await startRedis()
+  second = await startRedis()
+  outage = await startRedis()
+})
+
+afterAll(async () => {
+  await Promise.all([single?.stop(), second?.stop(), outage?.stop()])
+})
+
+const FLUSH = Duration.seconds(1)
+
+const backends: ReadonlyArray<{
+  readonly name: string
+  readonly make: Effect.Effect<Backend, never, Scope.Scope>
+  readonly nodes: () => ReadonlyArray<string>
+}> = [
+  { name: "memory", make: Effect.map(makeMemory, direct), nodes: () => [IN_MEMORY] },
+  {
+    name: "redis",
+    make: Effect.suspend(() => RedisStore.make({ url: single.url, name: "redis_single" })).pipe(Effect.map(direct)),
+    nodes: () => ["redis_single"]
+  },
+  {
+    name: "sharded",
+    make: Effect.suspend(() =>
+      Effect.all([
+        RedisStore.make({ url: single.url, name: "shard_a" }),
+        RedisStore.make({ url: second.url, name: "shard_b" })
+      ])
+    ).pipe(
+      Effect.map(([a, b]) =>
+        direct(
+          Sharded.make([
+            { name: "shard_a", store: a },
+            { name: "shard_b", store: b }
+          ])
+        )
+      )
+    ),
+    nodes: () => ["shard_a", "shard_b"]
+  },
+  {
+    name: "cached over memory",
+    make: makeMemory.pipe(
+      Effect.flatMap((inner) => Cached.make(inner, { ttl: Duration.seconds(5) })),
+      Effect.map(direct)
+    ),
+    nodes: () => [IN_MEMORY]
+  },
+  {
+    name: "write-behind over memory",
+    make: makeMemory.pipe(
+      Effect.flatMap((inner) => WriteBehind.make(inner, { flushInterval: FLUSH })),
+      Effect.map((store) => ({ store, settle: TestClock.adjust(FLUSH) }))
+    ),
+    nodes: () => [IN_MEMORY]
+  }
+]
+
+let pollSequence = 0
+/** A poll id no other test has used, on any backend (the Redis backends share servers). */
+const freshPoll = (backend: string) => poll(`${backend.replace(/\W+/g, "_")}-${++pollSequence}`)
+
+const counts = (store: VoteStoreShape, pollId: PollId) => Effect.map(store.results(pollId), (r) => r.counts)
+
+const batchOf = (id: string, increments: Record<string, Record<string, number>>): Batch => ({
+  id,
+  increments: new Map(
+    Object.entries(increments).map(([p, options]) => [
+      poll(p),
+      new Map(Object.entries(options).map(([o, n]) => [option(o), n]))
+    ])
+  )
+})
+
+const contract = (name: string, make: Effect.Effect<Backend, never, Scope.Scope>, nodes: () => ReadonlyArray<string>) =>
+  describe(`VoteStore contract: ${name}`, () => {
+    it.scoped("a vote shows in the results", () =>
+      Effect.gen(function* () {
+        const { store, settle } = yield* make
+        const p = freshPoll(name)
+        yield* store.vote(p, option("A"))
+        expect(yield* counts(store, p)).toEqual({ A: 1 })
+        yield* settle
+        expect(yield* counts(store, p)).toEqual({ A: 1 })
+      })
+    )
+
+    it.scoped("counts accumulate per option, and polls are independent", () =>
+      Effect.gen(function* () {
+        const { store, settle } = yield* make
+        const p = freshPoll(name)
+        const q = freshPoll(name)
+        for (const o of ["A", "B", "A", "C", "A", "B"]) yield* store.vote(p, option(o))
+        yield* store.vote(q, option("B"))
+        yield* settle
+        yield* store.vote(p, option("C"))
+        expect(yield* counts(store, p)).toEqual({ A: 3, B: 2, C: 2 })
+        expect(yield* counts(store, q)).toEqual({ B: 1 })
+        yield* settle
+        expect(yield* counts(store, p)).toEqual({ A: 3, B: 2, C: 2 })
+      })
+    )
+
+    it.scoped("an unknown poll has no counts", () =>
+      Effect.gen(function* () {
+        const { store, settle } = yield* make
+        const p = freshPoll(name)
+        expect(yield* counts(store, p)).toEqual({})
+        yield* settle
+        expect(yield* counts(store, p)).toEqual({})
+      })
+    )
+
+    it.scoped(
+      `the option after ${MAX_OPTIONS_PER_POLL} distinct ones fails with TooManyOptions and is not counted`,
+      () =>
+        Effect.gen(function* () {
+          const { store, settle } = yield* make
+          const p = freshPoll(name)
+          const options = Array.from({ length: MAX_OPTIONS_PER_POLL }, (_, i) => option(`o${i}`))
+          yield* Effect.forEach(options, (o) => store.vote(p, o), { discard: true })
+          yield* settle
+
+          const error = yield* Effect.flip(store.vote(p, option("one-too-many")))
+          expect(error).toBeInstanceOf(TooManyOptions)
+          expect(error).toMatchObject({ pollId: p })
+          yield* store.vote(p, options[0]!)
+          yield* store.vote(p, options[MAX_OPTIONS_PER_POLL - 1]!)
+
+          const result = yield* counts(store, p)
+          expect(Object.keys(result)).toHaveLength(MAX_OPTIONS_PER_POLL)
+          expect(result["one-too-many"]).toBeUndefined()
+          expect(result["o0"]).toBe(2)
+          expect(result[`o${MAX_OPTIONS_PER_POLL - 1}`]).toBe(2)
+          expect(result["o1"]).toBe(1)
+          yield* settle
+          expect(yield* counts(store, p)).toEqual(result)
+          // Another poll is not affected by this one's cap.
+          const q = freshPoll(name)
+          yield* store.vote(q, option("one-too-many"))
+          expect(yield* counts(store, q)).toEqual({ "one-too-many": 1 })
+        })
+    )
+
+    it.scoped("applyBatch adds its increments once: the same id again is a no-op, another id applies again", () =>
+      Effect.gen(function* () {
+        const { store, settle } = yield* make
+        const p = freshPoll(name)
+        const q = freshPoll(name)
+        const id = `batch-${p}`
+        const increments = { [p]: { A: 2, B: 1 }, [q]: { A: 5 } }
+        yield* store.vote(p, option("A"))
+        yield* settle
+
+        yield* store.applyBatch(batchOf(id, increments))
+        expect(yield* counts(store, p)).toEqual({ A: 3, B: 1 })
+        expect(yield* counts(store, q)).toEqual({ A: 5 })
+
+        yield* store.applyBatch(batchOf(id, increments))
+        yield* settle
+        expect(yield* counts(store, p)).toEqual({ A: 3, B: 1 })
+        expect(yield* counts(store, q)).toEqual({ A: 5 })
+
+        yield* store.applyBatch(batchOf(`${id}-next`, increments))
+        expect(yield* counts(store, p)).toEqual({ A: 5, B: 2 })
+        expect(yield* counts(store, q)).toEqual({ A: 10 })
+      })
+    )
+
+    it.scoped("partitionOf is stable and names one of the store's nodes", () =>
+      Effect.gen(function* () {
+        const { store } = yield* make
+        const polls = Array.from({ length: 64 }, () => freshPoll(name))
+        const first = polls.map(store.partitionOf)
+        expect(polls.map(store.partitionOf)).toEqual(first)
+        const seen = new Set(first)
+        for (const partition of seen) expect(nodes()).toContain(partition)
+        // With more than one node, polls are spread over all of them.
+        expect(seen.size).toBe(nodes().length)
+      })
+    )
+
+    it.scoped("health lists every node as reachable", () =>
+      Effect.gen(function* () {
+        const { store } = yield* make
+        const health = yield* store.health
+        expect(health.nodes).toEqual(nodes().map((n) => ({ name: n, reachable: true })))
+        expect(health.pendingVotes).toBe(0)
+      })
+    )
+  })
+
+for (const backend of backends) contract(backend.name, backend.make, backend.nodes)
+
+describe("Redis backend", () => {
+  let raw: Redis
+  beforeAll(() => {
+    raw = single.client()
+  })
+
+  it.scoped("keeps a poll's counts in the hash poll:{<id>}:counts and nowhere else", () =>
+    Effect.gen(function* () {
+      const store = yield* RedisStore.make({ url: single.url, name: "redis_single" })
+      const p = freshPoll("layout")
+      expect(RedisStore.countsKey(p)).toBe(`poll:{${p}}:counts`)
+      yield* store.vote(p, option("A"))
+      yield* store.vote(p, option("B"))
+      yield* store.vote(p, option("A"))
+      expect(yield* Effect.promise(() => raw.hgetall(`poll:{${p}}:counts`))).toEqual({ A: "2", B: "1" })
+      expect(yield* Effect.promise(() => raw.keys(`*${p}*`))).toEqual([`poll:{${p}}:counts`])
+      expect(yield* store.results(p)).toMatchObject({ counts: { A: 2, B: 1 }, servedVia: "redis_single" })
+    })
+  )
+
+  it.scoped("applies a batch into the same hashes", () =>
+    Effect.gen(function* () {
+      const store = yield* RedisStore.make({ url: single.url, name: "redis_single" })
+      const p = freshPoll("layout")
+      yield* store.applyBatch(batchOf(`batch-${p}`, { [p]: { A: 3 } }))
+      expect(yield* Effect.promise(() => raw.hgetall(`poll:{${p}}:counts`))).toEqual({ A: "3" })
+    })
+  )
+
+  it.scopedLive(
+    "fails with StoreUnavailable within 2 s while the server is down, and works again once it is back",
+    () =>
+      Effect.gen(function* () {
+        const store = yield* RedisStore.make({ url: outage.url, name: "redis_outage" })
+        const p = freshPoll("outage")
+        yield* store.vote(p, option("A"))
+        expect((yield* store.health).nodes).toEqual([{ name: "redis_outage", reachable: true }])
+
+        yield* Effect.promise(() => outage.halt())
+        const timed = <A, E>(effect: Effect.Effect<A, E>) =>
+          Effect.gen(function* () {
+            const started = Date.now()
+            const error = yield* Effect.flip(effect)
+            return { error, elapsed: Date.now() - started }
+          })
+        for (const call of [store.vote(p, option("A")), store.results(p), store.vote(p, option("B"))]) {
+          const { error, elapsed } = yield* timed(call)
+          expect(error).toBeInstanceOf(StoreUnavailable)
+          expect(error).toMatchObject({ node: "redis_outage" })
+          expect(elapsed).toBeLessThan(2000)
+        }
+        expect((yield* store.health).nodes).toEqual([{ name: "redis_outage", reachable: false }])
+
+        yield* Effect.promise(() => outage.start())
+        // The same store, not rebuilt: its client reconnects by itself.
+        yield* store
+          .vote(p, option("B"))
+          .pipe(Effect.retry(Schedule.spaced(Duration.millis(100)).pipe(Schedule.upTo(Duration.seconds(10)))))
+        expect(yield* counts(store, p)).toEqual({ A: 1, B: 1 })
+        expect((yield* store.health).nodes).toEqual([{ name: "redis_outage", reachable: true }])
+      }),
+    20_000
+  )
+})

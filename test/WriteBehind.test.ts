@@ -1,0 +1,295 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Duration, Effect, Exit, Scope, TestClock } from "effect"
+import { BufferFull, OptionId, PollId, StoreUnavailable } from "../src/Domain.js"
+import * as Journal from "../src/Journal.js"
+import * as WriteBehind from "../src/VoteStore/WriteBehind.js"
+import { makeMemory, type VoteStoreShape } from "../src/VoteStore.js"
+
+const FLUSH = Duration.seconds(1)
+/** Long enough for a flush round and its retries (100 ms, then 200 ms) to finish, and the next round to start. */
+const ROUND = Duration.sum(FLUSH, Duration.millis(400))
+const poll = (id: string) => PollId.make(id)
+const option = (id: string) => OptionId.make(id)
+
+/**
+ * The memory store, with batches that can be made to fail per partition (before applying anything) or to fail
+ * after they were applied (a reply lost to a time-out). Counts the attempts and the votes each attempt carried.
+ */
+const makeInner = (partitionOf: (pollId: PollId) => string = () => "only") =>
+  Effect.gen(function* () {
+    const memory = yield* makeMemory
+    const state = {
+      down: new Set<string>(),
+      failAfterApply: 0,
+      attempts: [] as Array<{ id: string; partitions: Array<string> }>
+    }
+    const store: VoteStoreShape = {
+      ...memory,
+      partitionOf,
+      applyBatch: (batch) =>
+        Effect.suspend(() => {
+          const partitions = [...new Set([...batch.increments.keys()].map(partitionOf))]
+          state.attempts.push({ id: batch.id, partitions })
+          const down = partitions.find((p) => state.down.has(p))
+          if (down !== undefined) return new StoreUnavailable({ node: down, reason: "connection refused" })
+          return Effect.zipRight(
+            memory.applyBatch(batch),
+            Effect.suspend(() => {
+              if (state.failAfterApply === 0) return Effect.void
+              state.failAfterApply--
+              return new StoreUnavailable({ node: partitions.join(","), reason: "no answer in time" })
+            })
+          )
+        })
+    }
+    const stored = (pollId: string) => Effect.map(memory.results(poll(pollId)), (r) => r.counts)
+    /** The write-behind buffer over this store, in the current scope. */
+    const buffered = (options: WriteBehind.WriteBehindOptions, journal?: Journal.JournalShape) =>
+      Effect.gen(function* () {
+        const buffer = yield* WriteBehind.make(store, options, journal)
+        // Runs before the buffer's own finalizer: a test that fails while the store is down still ends with a
+        // shutdown flush that succeeds, rather than one whose retries wait on the test clock for ever.
+        yield* Effect.addFinalizer(() =>
+          Effect.sync(() => {
+            state.down.clear()
+            state.failAfterApply = 0
+          })
+        )
+        return buffer
+      })
+    return { store, memory, state, stored, buffered }
+  })
+
+/** A journal that records nothing and counts compactions: the write-behind buffer compacts once per flush round. */
+const makeRoundCounter = () => {
+  const rounds = { count: 0 }
+  const journal: Journal.JournalShape = {
+    ...Journal.layerNoneService,
+    compact: () => Effect.sync(() => void rounds.count++)
+  }
+  return { journal, rounds }
+}
+
+const voteMany = (store: VoteStoreShape, pollId: string, options: Record<string, number>) =>
+  Effect.forEach(Object.entries(options), ([o, n]) => Effect.repeatN(store.vote(poll(pollId), option(o)), n - 1), {
+    discard: true
+  })
+
+const countsOf = (store: VoteStoreShape, pollId: string) => Effect.map(store.results(poll(pollId)), (r) => r.counts)
+
+describe("WriteBehind", () => {
+  it.scoped(
+    "writes a vote to the store one flush interval after it, not before: the first flush waits one interval",
+    () =>
+      Effect.gen(function* () {
+        const inner = yield* makeInner()
+        const { journal, rounds } = makeRoundCounter()
+        const store = yield* inner.buffered({ flushInterval: FLUSH }, journal)
+        const startRounds = rounds.count
+
+        yield* voteMany(store, "p", { A: 2, B: 1 })
+        expect(yield* inner.stored("p")).toEqual({})
+        expect(yield* countsOf(store, "p")).toEqual({ A: 2, B: 1 })
+
+        yield* TestClock.adjust(Duration.subtract(FLUSH, Duration.millis(1)))
+        expect(rounds.count - startRounds).toBe(0)
+        expect(yield* inner.stored("p")).toEqual({})
+        expect(inner.state.attempts).toEqual([])
+
+        yield* TestClock.adjust(Duration.millis(1))
+        expect(rounds.count - startRounds).toBe(1)
+        expect(yield* inner.stored("p")).toEqual({ A: 2, B: 1 })
+        expect(yield* countsOf(store, "p")).toEqual({ A: 2, B: 1 })
+
+        // Rounds keep coming one interval apart.
+        yield* store.vote(poll("p"), option("C"))
+        yield* TestClock.adjust(Duration.subtract(FLUSH, Duration.millis(1)))
+        expect(yield* inner.stored("p")).toEqual({ A: 2, B: 1 })
+        yield* TestClock.adjust(Duration.millis(1))
+        expect(rounds.count - startRounds).toBe(2)
+        expect(yield* inner.stored("p")).toEqual({ A: 2, B: 1, C: 1 })
+        expect(inner.state.attempts).toHaveLength(2)
+      })
+  )
+
+  it.scoped("reads the store's counts plus the pending votes at any time", () =>
+    Effect.gen(function* () {
+      const inner = yield* makeInner()
+      const store = yield* inner.buffered({ flushInterval: FLUSH })
+
+      expect(yield* store.results(poll("p"))).toMatchObject({ counts: {}, servedVia: "in_memory" })
+      yield* voteMany(store, "p", { A: 3 })
+      yield* TestClock.adjust(FLUSH)
+      expect(yield* inner.stored("p")).toEqual({ A: 3 })
+
+      yield* voteMany(store, "p", { A: 1, B: 2 })
+      // Votes that reached the store another way (another instance) show up too.
+      yield* inner.memory.vote(poll("p"), option("B"))
+      yield* inner.memory.vote(poll("p"), option("C"))
+      expect(yield* inner.stored("p")).toEqual({ A: 3, B: 1, C: 1 })
+      expect(yield* store.results(poll("p"))).toEqual({ counts: { A: 4, B: 3, C: 1 }, servedVia: "in_memory" })
+      expect((yield* store.health).pendingVotes).toBe(3)
+
+      yield* TestClock.adjust(FLUSH)
+      expect(yield* inner.stored("p")).toEqual({ A: 4, B: 3, C: 1 })
+      expect(yield* countsOf(store, "p")).toEqual({ A: 4, B: 3, C: 1 })
+      expect((yield* store.health).pendingVotes).toBe(0)
+    })
+  )
+
+  it.effect("flushes what is pending when its scope closes", () =>
+    Effect.gen(function* () {
+      const inner = yield* makeInner()
+      const scope = yield* Scope.make()
+      const store = yield* WriteBehind.make(inner.store, { flushInterval: FLUSH }).pipe(Scope.extend(scope))
+      yield* voteMany(store, "p", { A: 2 })
+      yield* voteMany(store, "q", { B: 1 })
+      expect(yield* inner.stored("p")).toEqual({})
+
+      yield* Scope.close(scope, Exit.void)
+      expect(yield* inner.stored("p")).toEqual({ A: 2 })
+      expect(yield* inner.stored("q")).toEqual({ B: 1 })
+      expect(inner.state.attempts).toHaveLength(1)
+    })
+  )
+
+  it.scoped("keeps the votes while the store refuses batches, and applies them exactly once when it is back", () =>
+    Effect.gen(function* () {
+      const inner = yield* makeInner()
+      const store = yield* inner.buffered({ flushInterval: FLUSH })
+      inner.state.down.add("only")
+
+      yield* voteMany(store, "p", { A: 2, B: 1 })
+      yield* TestClock.adjust(ROUND)
+      yield* voteMany(store, "p", { A: 1 })
+      yield* voteMany(store, "q", { Z: 1 })
+      yield* TestClock.adjust(ROUND)
+      yield* TestClock.adjust(ROUND)
+
+      expect(inner.state.attempts.length).toBeGreaterThanOrEqual(3)
+      expect(yield* inner.stored("p")).toEqual({})
+      expect(yield* countsOf(store, "p")).toEqual({ A: 3, B: 1 })
+      expect(yield* countsOf(store, "q")).toEqual({ Z: 1 })
+      expect((yield* store.health).pendingVotes).toBe(5)
+
+      inner.state.down.clear()
+      yield* TestClock.adjust(ROUND)
+      expect(yield* inner.stored("p")).toEqual({ A: 3, B: 1 })
+      expect(yield* inner.stored("q")).toEqual({ Z: 1 })
+      expect((yield* store.health).pendingVotes).toBe(0)
+
+      // Later rounds send nothing more.
+      const attempts = inner.state.attempts.length
+      yield* TestClock.adjust(Duration.times(FLUSH, 3))
+      expect(inner.state.attempts).toHaveLength(attempts)
+      expect(yield* inner.stored("p")).toEqual({ A: 3, B: 1 })
+      expect(yield* countsOf(store, "p")).toEqual({ A: 3, B: 1 })
+    })
+  )
+
+  it.scoped("does not count twice a batch that was applied but reported as failed, when it is sent again", () =>
+    Effect.gen(function* () {
+      const inner = yield* makeInner()
+      const store = yield* inner.buffered({ flushInterval: FLUSH })
+      const accepted = { A: 4, B: 2 }
+      yield* voteMany(store, "p", accepted)
+      // The first five sends all land in the store, but none is confirmed: two whole rounds fail.
+      inner.state.failAfterApply = 5
+
+      yield* TestClock.adjust(ROUND)
+      expect(yield* inner.stored("p")).toEqual(accepted)
+      // The batch is in the store and still unconfirmed here: a read must count it once.
+      expect(yield* countsOf(store, "p")).toEqual(accepted)
+      yield* voteMany(store, "p", { A: 1 })
+      expect(yield* countsOf(store, "p")).toEqual({ A: 5, B: 2 })
+
+      yield* TestClock.adjust(ROUND)
+      yield* TestClock.adjust(ROUND)
+      yield* TestClock.adjust(ROUND)
+      expect(inner.state.failAfterApply).toBe(0)
+      expect(yield* inner.stored("p")).toEqual({ A: 5, B: 2 })
+      expect(yield* countsOf(store, "p")).toEqual({ A: 5, B: 2 })
+      expect((yield* store.health).pendingVotes).toBe(0)
+
+      // The retries resent the same batch under the same id.
+      const first = inner.state.attempts[0]!.id
+      expect(inner.state.attempts.filter((a) => a.id === first).length).toBe(6)
+    })
+  )
+
+  it.scoped(
+    "at maxEntries refuses a vote that needs a new entry with BufferFull, and still takes votes for a pending one",
+    () =>
+      Effect.gen(function* () {
+        const inner = yield* makeInner()
+        const store = yield* inner.buffered({ flushInterval: FLUSH, maxEntries: 4 })
+        inner.state.down.add("only")
+
+        // Two entries: half the cap starts an early flush, which fails and keeps them as an unconfirmed batch.
+        yield* voteMany(store, "p", { A: 1, B: 1 })
+        yield* TestClock.adjust(ROUND)
+        expect(inner.state.attempts.length).toBeGreaterThan(0)
+        yield* voteMany(store, "p", { C: 1, D: 1 })
+
+        const refusedNewOption = yield* Effect.flip(store.vote(poll("p"), option("E")))
+        expect(refusedNewOption).toBeInstanceOf(BufferFull)
+        expect((refusedNewOption as BufferFull).pending).toBe(4)
+        expect(yield* Effect.flip(store.vote(poll("q"), option("A")))).toBeInstanceOf(BufferFull)
+
+        yield* voteMany(store, "p", { C: 2, D: 1 })
+        expect(yield* countsOf(store, "p")).toEqual({ A: 1, B: 1, C: 3, D: 2 })
+        expect(yield* countsOf(store, "q")).toEqual({})
+        expect((yield* store.health).pendingVotes).toBe(7)
+
+        inner.state.down.clear()
+        yield* TestClock.adjust(ROUND)
+        expect(yield* inner.stored("p")).toEqual({ A: 1, B: 1, C: 3, D: 2 })
+        expect(yield* inner.stored("q")).toEqual({})
+
+        // Room again.
+        yield* store.vote(poll("p"), option("E"))
+        yield* store.vote(poll("q"), option("A"))
+        yield* TestClock.adjust(ROUND)
+        expect(yield* inner.stored("p")).toEqual({ A: 1, B: 1, C: 3, D: 2, E: 1 })
+        expect(yield* inner.stored("q")).toEqual({ A: 1 })
+      })
+  )
+
+  it.scoped("flushes a healthy partition while another is down, and the other once it is back", () =>
+    Effect.gen(function* () {
+      const inner = yield* makeInner((pollId) => (pollId.startsWith("left") ? "left" : "right"))
+      const store = yield* inner.buffered({ flushInterval: FLUSH })
+      inner.state.down.add("right")
+
+      yield* voteMany(store, "left-1", { A: 1 })
+      yield* voteMany(store, "right-1", { A: 2 })
+      yield* TestClock.adjust(ROUND)
+      expect(yield* inner.stored("left-1")).toEqual({ A: 1 })
+      expect(yield* inner.stored("right-1")).toEqual({})
+      expect(yield* countsOf(store, "right-1")).toEqual({ A: 2 })
+
+      // The left partition goes on flushing while the right one's batch waits.
+      yield* voteMany(store, "left-1", { A: 1, B: 1 })
+      yield* voteMany(store, "left-2", { A: 1 })
+      yield* voteMany(store, "right-1", { B: 1 })
+      yield* TestClock.adjust(ROUND)
+      yield* TestClock.adjust(ROUND)
+      expect(yield* inner.stored("left-1")).toEqual({ A: 2, B: 1 })
+      expect(yield* inner.stored("left-2")).toEqual({ A: 1 })
+      expect(yield* inner.stored("right-1")).toEqual({})
+      expect(yield* countsOf(store, "right-1")).toEqual({ A: 2, B: 1 })
+      expect((yield* store.health).pendingVotes).toBe(3)
+      // No batch mixed the partitions, and the right one's were all refused.
+      expect(inner.state.attempts.every((a) => a.partitions.length === 1)).toBe(true)
+      expect(inner.state.attempts.filter((a) => a.partitions[0] === "right").length).toBeGreaterThanOrEqual(2)
+
+      inner.state.down.clear()
+      yield* TestClock.adjust(ROUND)
+      expect(yield* inner.stored("right-1")).toEqual({ A: 2, B: 1 })
+      expect(yield* inner.stored("left-1")).toEqual({ A: 2, B: 1 })
+      expect((yield* store.health).pendingVotes).toBe(0)
+      yield* TestClock.adjust(Duration.times(FLUSH, 3))
+      expect(yield* inner.stored("right-1")).toEqual({ A: 2, B: 1 })
+    })
+  )
+})
