@@ -137,7 +137,7 @@ const tallyBody = (pollId: string, t: Voting.Tally) =>
         closed: t.poll.closed
       }
 
-const tally = (pollId: PollId) => Effect.map(Voting.tally(pollId), (t) => tallyBody(pollId, t))
+const tally = (pollId: PollId, fresh = false) => Effect.map(Voting.tally(pollId, fresh), (t) => tallyBody(pollId, t))
 
 export const results = (rawPollId: string): Effect.Effect<Reply, never, Services> => {
   const pollId = parsePollId(rawPollId)
@@ -322,7 +322,9 @@ const sendPage = (req: IncomingMessage, res: ServerResponse, pollId: string) => 
 export const makeHandler = (runtime: Runtime.Runtime<Services>) => {
   const runFork = Runtime.runFork(runtime)
   // Streams carry the results only: where they were read from changes from read to read and is not news.
-  const hub = LiveResults.makeHub(runtime, (pollId) => Effect.map(tally(pollId), ({ served_via: _, ...rest }) => rest))
+  const hub = LiveResults.makeHub(runtime, (pollId) =>
+    Effect.map(tally(pollId, true), ({ served_via: _, ...rest }) => rest)
+  )
   const run = (res: ServerResponse, effect: Effect.Effect<Reply, never, Services>) => {
     runFork(effect).addObserver((exit) => {
       if (Exit.isSuccess(exit)) return send(res, exit.value)

@@ -5,7 +5,8 @@ import { PollExists, PollNotFound } from "./Domain.js"
 /** Poll definitions and the voters who have voted, kept beside the counts (same node, same hash tag). */
 export interface PollsShape {
   readonly create: (poll: PollDefinition) => Effect.Effect<PollDefinition, PollExists | StoreUnavailable>
-  readonly get: (pollId: PollId) => Effect.Effect<Option.Option<PollDefinition>, StoreUnavailable>
+  /** `fresh`: read past any cache (live streams do, so a change made elsewhere is not hidden). */
+  readonly get: (pollId: PollId, fresh?: boolean) => Effect.Effect<Option.Option<PollDefinition>, StoreUnavailable>
   readonly close: (pollId: PollId) => Effect.Effect<PollDefinition, PollNotFound | StoreUnavailable>
   /** Records that `voterId` voted on the poll; false if it had already (the check and the write are one step). */
   readonly claimVoter: (pollId: PollId, voterId: VoterId) => Effect.Effect<boolean, StoreUnavailable>
@@ -57,20 +58,29 @@ export const makeMemory = Effect.sync((): PollsShape => {
 })
 
 /**
- * Definitions are read on every vote, so they are cached briefly; the instance that closes a poll drops its copy
- * at once, other instances within `ttl`. A poll's `closes_at` is checked against the clock on every vote.
+ * Definitions are read on every vote of a defined poll, so they are cached briefly. Only definitions are cached,
+ * never "no such poll" (a poll may be defined at any moment). The instance that closes a poll drops its copy at
+ * once; the others when told over pub/sub (`invalidate`), or at the latest after `ttl`. A poll's `closes_at` is
+ * checked against the clock on every vote.
  */
 export const withCache = (polls: PollsShape, ttl: Duration.DurationInput = Duration.seconds(1)) =>
   Effect.gen(function* () {
     const cache = yield* Cache.makeWith({
       capacity: 100_000,
-      lookup: polls.get,
-      timeToLive: (exit) => (Exit.isSuccess(exit) ? ttl : Duration.zero)
+      lookup: (pollId: PollId) => polls.get(pollId),
+      timeToLive: (exit) => (Exit.isSuccess(exit) && Option.isSome(exit.value) ? ttl : Duration.zero)
     })
-    const shape: PollsShape = {
+    const shape: PollsShape & { readonly invalidate: (pollId: PollId) => Effect.Effect<void> } = {
       ...polls,
+      invalidate: (pollId) => cache.invalidate(pollId),
       // A failed read must not linger: Effect's cache keeps a zero-lifetime entry until the clock moves on.
-      get: (pollId) => Effect.tapError(cache.get(pollId), () => cache.invalidate(pollId)),
+      get: (pollId, fresh) =>
+        fresh
+          ? Effect.zipLeft(polls.get(pollId), cache.invalidate(pollId))
+          : Effect.tap(
+              Effect.tapError(cache.get(pollId), () => cache.invalidate(pollId)),
+              (found) => (Option.isNone(found) ? cache.invalidate(pollId) : Effect.void)
+            ),
       create: (poll) => Effect.tap(polls.create(poll), () => cache.invalidate(poll.id)),
       close: (pollId) => Effect.tap(polls.close(pollId), () => cache.invalidate(pollId))
     }

@@ -49,11 +49,16 @@ export interface Tally {
   readonly poll: PollDefinition | undefined
 }
 
-/** A poll's counts; a defined poll lists every option, zeros included, in its own order. */
-export const tally = (pollId: PollId): Effect.Effect<Tally, StoreUnavailable, Polls | VoteStore> =>
+/**
+ * A poll's counts; a defined poll lists every option, zeros included, in its own order. `fresh` reads past the
+ * caches, for live streams: a change made on another instance must not hide behind this one's snapshot.
+ */
+export const tally = (pollId: PollId, fresh = false): Effect.Effect<Tally, StoreUnavailable, Polls | VoteStore> =>
   Effect.gen(function* () {
     const [polls, store] = yield* Effect.all([Polls, VoteStore])
-    const [defined, r] = yield* Effect.all([polls.get(pollId), store.results(pollId)], { concurrency: 2 })
+    const [defined, r] = yield* Effect.all([polls.get(pollId, fresh), store.results(pollId, fresh ? [] : undefined)], {
+      concurrency: 2
+    })
     if (Option.isNone(defined)) return { counts: r.counts, servedVia: r.servedVia, poll: undefined }
     const counts: Record<string, number> = {}
     for (const option of defined.value.options) counts[option.id] = r.counts[option.id] ?? 0

@@ -310,13 +310,14 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
           Effect.suspend(() => accept(partition, pollId, optionId))
         )
       }),
-    results: (pollId: PollId) =>
+    // A caller that passes batch ids (none of them ours) wants the store past any cache: pass that on.
+    results: (pollId: PollId, fresh?: ReadonlyArray<string>) =>
       Effect.gen(function* () {
         const partition = partitions.get(inner.partitionOf(pollId))
-        if (partition === undefined) return yield* inner.results(pollId)
+        if (partition === undefined) return yield* inner.results(pollId, fresh)
         for (let attempt = 1; ; attempt++) {
           const { epoch, pending, inflight } = partition
-          const asked = inflight?.increments.has(pollId) ? [inflight.id] : undefined
+          const asked = inflight?.increments.has(pollId) ? [inflight.id] : fresh
           const stored = yield* inner.results(pollId, asked)
           // A batch sealed or confirmed while the store was being read could be counted twice or not at all.
           if (partition.epoch !== epoch && attempt < 5) continue

@@ -1,0 +1,384 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import * as Ring from "../src/Ring.js"
+import { type App, eventually, killAllApps, type Reply, startApp } from "./support/app.js"
+import { type RedisServer, startRedis } from "./support/redis.js"
+
+/** Defined polls over real app processes and real redis-server: definitions, closing, one vote per voter. */
+
+const FLUSH_MS = 200
+
+/** Every app starts at once; on a busy 2-core machine that takes a while. */
+const START_TIMEOUT_MS = 90_000
+
+let first: RedisServer
+let second: RedisServer
+/** Per stage, the app processes that serve it; every stage but `memory` has two sharing the same Redis. */
+const stages: Record<string, ReadonlyArray<App>> = {}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+
+beforeAll(async () => {
+  ;[first, second] = await Promise.all([startRedis(), startRedis()])
+  const single = { REDIS_URL: first.url }
+  const nodes = { REDIS_NODES: `node_a=${first.url},node_b=${second.url}` }
+  const env: Record<string, Record<string, string>> = {
+    redis: { POLL_STAGE: "redis", ...single },
+    batched: { POLL_STAGE: "batched", ...single, FLUSH_INTERVAL_MS: String(FLUSH_MS) },
+    sharded: { POLL_STAGE: "sharded", ...nodes },
+    full: { POLL_STAGE: "full", ...nodes, FLUSH_INTERVAL_MS: String(FLUSH_MS), CACHE_TTL_MS: "300" }
+  }
+  const started = await Promise.all([
+    startApp({ readyTimeoutMs: START_TIMEOUT_MS, env: { POLL_STAGE: "memory" } }).then(
+      (app) => ["memory", [app]] as const
+    ),
+    ...Object.entries(env).map(
+      async ([stage, e]) =>
+        [
+          stage,
+          await Promise.all([
+            startApp({ readyTimeoutMs: START_TIMEOUT_MS, env: e }),
+            startApp({ readyTimeoutMs: START_TIMEOUT_MS, env: e })
+          ])
+        ] as const
+    )
+  ])
+  for (const [stage, apps] of started) stages[stage] = apps
+}, START_TIMEOUT_MS + 30_000)
+
+afterAll(async () => {
+  await killAllApps()
+  await Promise.all([first?.stop(), second?.stop()])
+})
+
+const json = (body: unknown) => JSON.stringify(body)
+const JSON_HEADERS = { "content-type": "application/json" }
+
+const create = (app: App, body: unknown) => app.request("POST", "/api/v1/polls", json(body), JSON_HEADERS)
+const getPoll = (app: App, pollId: string) => app.request("GET", `/api/v1/polls/${pollId}`)
+const closePoll = (app: App, pollId: string) => app.request("POST", `/api/v1/polls/${pollId}/close`)
+
+interface Voter {
+  readonly id?: string
+  readonly cookie?: string
+}
+
+const vote = (app: App, pollId: string, optionId: string, voter: Voter = {}) =>
+  app.request(
+    "POST",
+    `/api/v1/vote/${pollId}`,
+    json({ option_id: optionId, ...(voter.id === undefined ? {} : { voter_id: voter.id }) }),
+    { ...JSON_HEADERS, ...(voter.cookie === undefined ? {} : { cookie: `voter=${voter.cookie}` }) }
+  )
+
+const expectError = (reply: Reply, status: number, error: string) => {
+  expect({ status: reply.status, body: reply.json }).toEqual({
+    status,
+    body: { error, message: expect.stringMatching(/\S/) }
+  })
+}
+
+const options = (...ids: ReadonlyArray<string>) => ids.map((id) => ({ id, label: `Option ${id}` }))
+
+/** A question with two options, A and B; overrides merged in. */
+const draft = (overrides: Record<string, unknown> = {}) => ({
+  question: "Which one?",
+  options: options("A", "B"),
+  ...overrides
+})
+
+let unique = 0
+/** Poll ids unique to this run, since the two redis-servers are shared by every stage. */
+const pollId = (name: string) => `${name}-${process.pid}-${unique++}`
+
+const total = (results: Record<string, number>) => Object.values(results).reduce((s, n) => s + n, 0)
+
+describe("poll definitions (redis stage)", () => {
+  const app = () => stages.redis![0]!
+  const other = () => stages.redis![1]!
+
+  it("creates a poll with a generated id, and one with a given id, and serves the definition from either app", async () => {
+    const generated = await create(app(), draft())
+    expect(generated.status).toBe(201)
+    expect(generated.json).toEqual({
+      id: expect.stringMatching(/^[A-Za-z0-9_.-]{1,64}$/),
+      question: "Which one?",
+      options: options("A", "B"),
+      one_vote_per_voter: false,
+      closes_at: null,
+      closed: false,
+      open: true,
+      created_at: expect.any(String)
+    })
+    expect(Math.abs(Date.parse(generated.json.created_at) - Date.now())).toBeLessThan(60_000)
+    const another = await create(app(), draft())
+    expect(another.status).toBe(201)
+    expect(another.json.id).not.toBe(generated.json.id)
+
+    const id = pollId("given")
+    const given = await create(app(), draft({ id, question: "Tea or coffee?", one_vote_per_voter: true }))
+    expect(given.status).toBe(201)
+    expect(given.json).toMatchObject({ id, question: "Tea or coffee?", one_vote_per_voter: true, open: true })
+
+    for (const server of [app(), other()]) {
+      const read = await eventually(async () => {
+        const r = await getPoll(server, id)
+        return r.status === 200 ? r : undefined
+      })
+      expect(read.json).toEqual(given.json)
+      expect((await server.request("GET", `/polls/${id}`)).json).toEqual(given.json)
+    }
+    expect((await getPoll(app(), generated.json.id)).json).toEqual(generated.json)
+  })
+
+  it.each([
+    ["one option", draft({ options: options("A") })],
+    ["65 options", draft({ options: options(...Array.from({ length: 65 }, (_, i) => `o${i}`)) })],
+    ["duplicate option ids", draft({ options: options("A", "B", "A") })],
+    ["a blank question", draft({ question: "   " })],
+    ["a missing question", { options: options("A", "B") }],
+    ["an option id with a space", draft({ options: options("A", "B C") })],
+    ["an option id of 65 characters", draft({ options: options("A", "x".repeat(65)) })],
+    ["a blank label", draft({ options: [{ id: "A", label: "" }, ...options("B")] })],
+    ["a closes_at that is not a time", draft({ closes_at: "next tuesday" })],
+    ["a closes_at that is a number", draft({ closes_at: 1_700_000_000 })],
+    ["an invalid poll id", draft({ id: "bad id!" })],
+    ["an unknown field", draft({ colour: "red" })],
+    ["options that are not a list", draft({ options: "A,B" })]
+  ])("refuses a definition with %s: 400 invalid_poll", async (_, body) => {
+    const id = pollId("invalid")
+    const reply = await create(app(), { ...body, ...("id" in body ? {} : { id }) })
+    expectError(reply, 400, "invalid_poll")
+    expectError(await getPoll(app(), id), 404, "poll_not_found")
+  })
+
+  it("refuses bodies that are not JSON objects", async () => {
+    expectError(await app().request("POST", "/api/v1/polls", "{"), 400, "invalid_json")
+    expect((await app().request("POST", "/api/v1/polls", "")).status).toBe(400)
+    expectError(await app().request("POST", "/api/v1/polls", "[]"), 400, "invalid_poll")
+  })
+
+  it("accepts the bounds: 2 and 64 options", async () => {
+    expect((await create(app(), draft({ options: options("A", "B") }))).status).toBe(201)
+    const many = options(...Array.from({ length: 64 }, (_, i) => `o${i}`))
+    const reply = await create(app(), draft({ options: many }))
+    expect(reply.status).toBe(201)
+    expect(reply.json.options).toEqual(many)
+  })
+
+  it("a second poll with the same id is 409 poll_exists and leaves the first untouched", async () => {
+    const id = pollId("dup")
+    const original = await create(app(), draft({ id }))
+    expect(original.status).toBe(201)
+    expectError(await create(app(), draft({ id, question: "Replaced?" })), 409, "poll_exists")
+    expectError(await create(other(), draft({ id, question: "Replaced?" })), 409, "poll_exists")
+    expect((await getPoll(app(), id)).json).toEqual(original.json)
+  })
+
+  it("an unknown poll is 404 poll_not_found, also one that has ad-hoc votes", async () => {
+    const id = pollId("unknown")
+    expectError(await getPoll(app(), id), 404, "poll_not_found")
+    expectError(await closePoll(app(), id), 404, "poll_not_found")
+    expect((await vote(app(), id, "A")).status).toBe(200)
+    expectError(await getPoll(app(), id), 404, "poll_not_found")
+  })
+
+  it("results of a defined poll list every option, zeros included, with labels", async () => {
+    const id = pollId("results")
+    const body = draft({ id, options: [...options("A", "B"), { id: "C", label: '<b>C & "c"</b>' }] })
+    expect((await create(app(), body)).status).toBe(201)
+    const empty = await app().results(id)
+    expect(empty.status).toBe(200)
+    expect(empty.json).toEqual({
+      poll_id: id,
+      results: { A: 0, B: 0, C: 0 },
+      served_via: "redis",
+      question: "Which one?",
+      options: [
+        { id: "A", label: "Option A", votes: 0 },
+        { id: "B", label: "Option B", votes: 0 },
+        { id: "C", label: '<b>C & "c"</b>', votes: 0 }
+      ],
+      one_vote_per_voter: false,
+      closes_at: null,
+      closed: false
+    })
+    expect((await vote(app(), id, "B")).status).toBe(200)
+    expect((await vote(other(), id, "B")).status).toBe(200)
+    const after = await other().results(id)
+    expect(after.json.results).toEqual({ A: 0, B: 2, C: 0 })
+    expect(after.json.options.map((o: { votes: number }) => o.votes)).toEqual([0, 2, 0])
+  })
+
+  it("a vote for an option the poll does not have is 422 unknown_option and is not counted", async () => {
+    const id = pollId("unknown-option")
+    expect((await create(app(), draft({ id }))).status).toBe(201)
+    expectError(await vote(app(), id, "Z"), 422, "unknown_option")
+    expectError(await vote(other(), id, "Z"), 422, "unknown_option")
+    expect((await app().results(id)).json.results).toEqual({ A: 0, B: 0 })
+    expect(await first.client().hexists(`poll:{${id}}:counts`, "Z")).toBe(0)
+  })
+
+  it("closing a poll refuses further votes with 409 poll_closed, on every app", async () => {
+    const id = pollId("close")
+    expect((await create(app(), draft({ id }))).status).toBe(201)
+    expect((await vote(app(), id, "A")).status).toBe(200)
+    // The other app reads the definition now, so it holds a cached copy that still says open.
+    expect((await getPoll(other(), id)).json.open).toBe(true)
+
+    const closed = await closePoll(app(), id)
+    expect(closed.status).toBe(200)
+    expect(closed.json).toMatchObject({ id, closed: true, open: false })
+    expectError(await vote(app(), id, "B"), 409, "poll_closed")
+    expect((await getPoll(app(), id)).json).toMatchObject({ closed: true, open: false })
+
+    // Other instances may serve their cached definition briefly; they refuse once it expires.
+    await eventually(async () => ((await getPoll(other(), id)).json.closed === true ? true : undefined), {
+      timeoutMs: 3000,
+      what: "the other app to see the poll closed"
+    })
+    expectError(await vote(other(), id, "B"), 409, "poll_closed")
+    expect((await app().results(id)).json).toMatchObject({ results: { A: 1, B: 0 }, closed: true })
+    // Closing twice is harmless.
+    expect((await closePoll(other(), id)).json).toMatchObject({ closed: true })
+  })
+
+  it("a poll whose closes_at has passed refuses votes", async () => {
+    const past = pollId("past")
+    const created = await create(app(), draft({ id: past, closes_at: new Date(Date.now() - 60_000).toISOString() }))
+    expect(created.status).toBe(201)
+    expect(created.json).toMatchObject({ closed: false, open: false })
+    expectError(await vote(app(), past, "A"), 409, "poll_closed")
+
+    const soon = pollId("soon")
+    const closesAt = Date.now() + 1000
+    expect((await create(app(), draft({ id: soon, closes_at: new Date(closesAt).toISOString() }))).status).toBe(201)
+    expect((await vote(app(), soon, "A")).status).toBe(200)
+    expect((await vote(other(), soon, "B")).status).toBe(200)
+    await sleep(closesAt - Date.now() + 50)
+    expectError(await vote(app(), soon, "A"), 409, "poll_closed")
+    expectError(await vote(other(), soon, "A"), 409, "poll_closed")
+    expect((await getPoll(app(), soon)).json).toMatchObject({ closed: false, open: false })
+    expect((await app().results(soon)).json.results).toEqual({ A: 1, B: 1 })
+  })
+
+  it("ad-hoc polls are unchanged: any option, voter ids ignored, the contract's result shape", async () => {
+    const id = pollId("adhoc")
+    expect((await vote(app(), id, "A", { id: "same" })).json).toEqual({ poll_id: id, option_id: "A" })
+    expect((await vote(app(), id, "A", { id: "same" })).status).toBe(200)
+    expect((await vote(other(), id, "Z", { cookie: "same" })).status).toBe(200)
+    expect((await app().results(id)).json).toEqual({ poll_id: id, results: { A: 2, Z: 1 }, served_via: "redis" })
+  })
+
+  it("a voter_id that is not a valid id is a 400", async () => {
+    const id = pollId("bad-voter")
+    expect((await create(app(), draft({ id, one_vote_per_voter: true }))).status).toBe(201)
+    expect((await vote(app(), id, "A", { id: "has space" })).status).toBe(400)
+    expect((await vote(app(), id, "A", { id: "x".repeat(129) })).status).toBe(400)
+    expect((await app().results(id)).json.results).toEqual({ A: 0, B: 0 })
+  })
+})
+
+/** The node of a poll in the sharded stages, so its raw hash can be read. */
+const shardOf = (id: string) => (Ring.nodeFor(Ring.make(["node_a", "node_b"]), id) === "node_a" ? first : second)
+
+const rawCounts = async (stage: string, id: string): Promise<Record<string, number> | undefined> => {
+  if (stage === "memory") return undefined
+  const server = stage === "sharded" || stage === "full" ? shardOf(id) : first
+  const counts = await server.client().hgetall(`poll:{${id}}:counts`)
+  return Object.fromEntries(Object.entries(counts).map(([k, v]) => [k, Number(v)]))
+}
+
+describe.each(["memory", "redis", "batched", "sharded", "full"])("one vote per voter, %s stage", (stage) => {
+  const apps = () => {
+    const list = stages[stage]!
+    return [list[0]!, list[list.length - 1]!] as const
+  }
+  const expected = { A: 2, B: 1 }
+
+  it("refuses a second vote by the same voter with 409 already_voted, across app processes, and does not count it", async () => {
+    const [a, b] = apps()
+    const id = pollId(`voter-${stage}`)
+    expect((await create(a, draft({ id, one_vote_per_voter: true }))).status).toBe(201)
+
+    expectError(await vote(a, id, "A"), 400, "voter_required")
+    expectError(await vote(b, id, "A"), 400, "voter_required")
+
+    // By voter_id in the body.
+    expect((await vote(a, id, "A", { id: "alice" })).status).toBe(200)
+    expectError(await vote(b, id, "B", { id: "alice" }), 409, "already_voted")
+    expectError(await vote(a, id, "A", { id: "alice" }), 409, "already_voted")
+
+    // By the cookie the page sets.
+    expect((await vote(b, id, "B", { cookie: "bob-cookie" })).status).toBe(200)
+    expectError(await vote(a, id, "A", { cookie: "bob-cookie" }), 409, "already_voted")
+    expectError(await vote(b, id, "B", { cookie: "bob-cookie" }), 409, "already_voted")
+
+    // Fifty at once by one voter, spread over both processes: exactly one is counted.
+    const burst = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => vote(i % 2 === 0 ? a : b, id, "A", { id: "carol" }))
+    )
+    expect(burst.filter((r) => r.status === 200)).toHaveLength(1)
+    for (const r of burst.filter((r) => r.status !== 200)) expectError(r, 409, "already_voted")
+
+    // Every app answers the same counts, once buffered votes are flushed, and so does the store.
+    for (const app of new Set([a, b])) {
+      await eventually(
+        async () => {
+          const health = await app.request("GET", "/api/v1/health")
+          return health.json.pending_votes === 0 ? true : undefined
+        },
+        { timeoutMs: 5000, what: `${stage}: the buffer to drain` }
+      )
+    }
+    for (const app of new Set([a, b])) {
+      const results = await eventually(
+        async () => {
+          const r = (await app.results(id)).json.results
+          return total(r) === 3 ? r : undefined
+        },
+        { timeoutMs: 3000, what: `${stage}: 3 votes on port ${app.port}` }
+      )
+      expect(results).toEqual(expected)
+    }
+    const raw = await rawCounts(stage, id)
+    if (raw !== undefined) expect(raw).toEqual(expected)
+
+    // Nothing more arrives later: the refused votes were never buffered.
+    await sleep(FLUSH_MS * 2)
+    for (const app of new Set([a, b])) expect((await app.results(id)).json.results).toEqual(expected)
+  })
+
+  it("enforces a poll created on one process at once on the other", async () => {
+    const [a, b] = apps()
+    // Several times: the first vote follows the 201 as closely as a client can send it.
+    for (let i = 0; i < 10; i++) {
+      const id = pollId(`fresh-${stage}`)
+      expect((await create(a, draft({ id, one_vote_per_voter: true }))).status).toBe(201)
+      expectError(await vote(b, id, "A"), 400, "voter_required")
+      expect((await vote(b, id, "A", { id: "dora" })).status).toBe(200)
+      expectError(await vote(a, id, "A", { id: "dora" }), 409, "already_voted")
+    }
+  })
+
+  it("enforces a poll on a process that read its id before it was defined", async () => {
+    const [a, b] = apps()
+    const id = pollId(`early-${stage}`)
+    // A page or stream opened before the organiser creates the poll: b has looked the id up and found nothing.
+    expect((await b.results(id)).json.results).toEqual({})
+    expect((await create(a, draft({ id, one_vote_per_voter: true }))).status).toBe(201)
+    expectError(await vote(b, id, "Z", { id: "finn" }), 422, "unknown_option")
+    expectError(await vote(b, id, "A"), 400, "voter_required")
+    expect((await vote(b, id, "A", { id: "finn" })).status).toBe(200)
+    expectError(await vote(a, id, "B", { id: "finn" }), 409, "already_voted")
+    expectError(await vote(b, id, "B", { id: "finn" }), 409, "already_voted")
+  })
+
+  it("the same voter may vote once on each of two polls", async () => {
+    const [a, b] = apps()
+    const one = pollId(`each-${stage}`)
+    const two = pollId(`each-${stage}`)
+    for (const id of [one, two]) expect((await create(a, draft({ id, one_vote_per_voter: true }))).status).toBe(201)
+    expect((await vote(a, one, "A", { id: "erin" })).status).toBe(200)
+    expect((await vote(b, two, "B", { id: "erin" })).status).toBe(200)
+  })
+})
