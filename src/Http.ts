@@ -385,13 +385,27 @@ export interface ServerOptions {
  * keep-alive connections as they go idle, cut whatever is left after `drainMs`. Only then do the store layers shut
  * down (the write-behind buffer's final flush), since they were acquired first.
  */
-export const layer = (options: ServerOptions): Layer.Layer<never, never, Services> =>
+export const layer = (options: ServerOptions): Layer.Layer<never, Error, Services> =>
   Layer.scopedDiscard(
     Effect.gen(function* () {
       const { handler, hub } = makeHandler(yield* Effect.runtime<Services>())
       const server = createServer({ keepAliveTimeout: 5000 }, handler)
-      yield* Effect.async<void, never>((resume) => {
-        server.listen(options.port, options.host, () => resume(Effect.void))
+      yield* Effect.async<void, Error>((resume) => {
+        const failed = (error: NodeJS.ErrnoException) =>
+          resume(
+            Effect.fail(
+              new Error(
+                error.code === "EADDRINUSE"
+                  ? `PORT ${options.port} is already in use on ${options.host}`
+                  : `cannot listen on ${options.host}:${options.port}: ${error.message}`
+              )
+            )
+          )
+        server.once("error", failed)
+        server.listen(options.port, options.host, () => {
+          server.off("error", failed)
+          resume(Effect.void)
+        })
       })
       yield* Effect.logInfo(`listening on http://${options.host}:${options.port}`)
       yield* Effect.addFinalizer(() =>

@@ -39,7 +39,10 @@ export const acquire = (node: RedisNode, options: ConnectOptions = {}): Effect.E
           })
       ),
       (client) =>
-        Effect.promise(() => client.quit()).pipe(
+        // A client that is not connected has nothing to say goodbye over (and a pub/sub client would queue the
+        // QUIT forever). Release steps are uninterruptible by default: the timeout needs `interruptible` to bite.
+        (client.status === "ready" ? Effect.promise(() => client.quit()) : Effect.void).pipe(
+          Effect.interruptible,
           Effect.timeout(Duration.seconds(1)),
           Effect.ignore,
           Effect.ensuring(Effect.sync(() => client.disconnect()))

@@ -1,0 +1,250 @@
+/**
+ * Docker cannot run where the tests run, so docker-compose.yml, the Dockerfile and .dockerignore are checked
+ * statically: what `docker compose up --build` would start, against the contract and against the app's own config.
+ */
+import { Either } from "effect"
+import { existsSync, readFileSync } from "node:fs"
+import { describe, expect, it } from "vitest"
+import { parse } from "yaml"
+import { parseRedisNodes } from "../src/Config.js"
+
+const read = (path: string) => readFileSync(new URL(`../${path}`, import.meta.url), "utf8")
+const exists = (path: string) => existsSync(new URL(`../${path}`, import.meta.url))
+
+// ---------------------------------------------------------------------------------------------------------------------
+// docker-compose.yml
+
+interface Service {
+  readonly image?: string
+  readonly build?: unknown
+  readonly command?: string | ReadonlyArray<string>
+  readonly ports?: ReadonlyArray<string | number>
+  readonly environment?: Readonly<Record<string, unknown>> | ReadonlyArray<string>
+  readonly depends_on?: ReadonlyArray<string> | Readonly<Record<string, { readonly condition?: string }>>
+  readonly healthcheck?: { readonly test?: string | ReadonlyArray<string> }
+  readonly volumes?: ReadonlyArray<string | { readonly target?: string }>
+}
+
+const compose = parse(read("docker-compose.yml")) as {
+  services: Record<string, Service>
+  volumes?: Record<string, unknown>
+}
+const services = compose.services
+
+/** `environment` as a map, whether written as a map or as a list of `KEY=VALUE`. */
+const environmentOf = (service: Service): Record<string, string> => {
+  const env = service.environment ?? {}
+  if (Array.isArray(env)) {
+    return Object.fromEntries(
+      env.map((entry: string) => [entry.slice(0, entry.indexOf("=")), entry.slice(entry.indexOf("=") + 1)])
+    )
+  }
+  return Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)]))
+}
+
+/** A command or healthcheck test as words; the `CMD`/`CMD-SHELL` marker of the list form is dropped. */
+const words = (command: string | ReadonlyArray<string> | undefined): Array<string> => {
+  if (command === undefined) return []
+  const list = typeof command === "string" ? command.trim().split(/\s+/) : [...command]
+  const [first, ...rest] = list
+  if (first === "CMD") return rest
+  if (first === "CMD-SHELL") return rest.join(" ").trim().split(/\s+/)
+  return list
+}
+
+/** The value after `--flag` in a command line. */
+const flag = (command: ReadonlyArray<string>, name: string) => {
+  const at = command.indexOf(name)
+  return at === -1 ? undefined : command[at + 1]
+}
+
+const REDIS_NODES = [
+  { service: "redis-node-1", port: 7000, name: "redis_7000" },
+  { service: "redis-node-2", port: 7001, name: "redis_7001" }
+] as const
+
+describe("docker-compose.yml", () => {
+  it("has exactly the app and the two Redis shards", () => {
+    expect(Object.keys(services).sort()).toEqual(["app", "redis-node-1", "redis-node-2"])
+  })
+
+  it("builds the app from this directory and publishes 8000 on 8000", () => {
+    const app = services.app!
+    const context = typeof app.build === "string" ? app.build : (app.build as { context?: string } | undefined)?.context
+    expect(context).toBe(".")
+    expect((app.ports ?? []).map(String)).toContain("8000:8000")
+  })
+
+  it("runs the app with every layer on, over both shards by their service names", () => {
+    const env = environmentOf(services.app!)
+    expect(env.POLL_STAGE).toBe("full")
+    const parsed = parseRedisNodes(env.REDIS_NODES ?? "")
+    if (Either.isLeft(parsed)) expect.fail(`REDIS_NODES is rejected by the app's config: ${parsed.left}`)
+    const nodes = parsed.right.map((n) => ({
+      name: n.name,
+      host: new URL(n.url).hostname,
+      port: Number(new URL(n.url).port)
+    }))
+    expect(nodes).toEqual(REDIS_NODES.map((n) => ({ name: n.name, host: n.service, port: n.port })))
+  })
+
+  it("names the shards as `npm run dev` does, so each poll lands on the same shard in both setups", () => {
+    const local = parseRedisNodes("redis://127.0.0.1:7000,redis://127.0.0.1:7001")
+    const docker = parseRedisNodes(environmentOf(services.app!).REDIS_NODES ?? "")
+    if (Either.isLeft(local) || Either.isLeft(docker)) return expect.fail("REDIS_NODES did not parse")
+    expect(docker.right.map((n) => n.name)).toEqual(local.right.map((n) => n.name))
+  })
+
+  it("starts the app only once both shards are healthy", () => {
+    const dependsOn = services.app!.depends_on
+    expect(dependsOn).toBeTypeOf("object")
+    expect(Array.isArray(dependsOn)).toBe(false)
+    for (const { service } of REDIS_NODES) {
+      expect((dependsOn as Record<string, { condition?: string }>)[service]?.condition).toBe("service_healthy")
+    }
+  })
+
+  for (const { service, port } of REDIS_NODES) {
+    describe(service, () => {
+      const node = services[service]!
+
+      it("is Redis 7", () => {
+        expect(node.image).toMatch(/^redis:7(\.|-|$)/)
+      })
+
+      it(`listens on ${port} inside the container too, with the append-only file on`, () => {
+        const command = words(node.command)
+        expect(command[0]).toBe("redis-server")
+        expect(flag(command, "--port")).toBe(String(port))
+        expect(flag(command, "--appendonly")).toBe("yes")
+      })
+
+      it(`publishes ${port} on the same port`, () => {
+        expect((node.ports ?? []).map(String)).toContain(`${port}:${port}`)
+      })
+
+      it(`is healthy when redis-cli gets a PING answer on ${port}`, () => {
+        const test = words(node.healthcheck?.test)
+        expect(test[0]).toBe("redis-cli")
+        expect(flag(test, "-p")).toBe(String(port))
+        expect(test).toContain("ping")
+      })
+
+      it("keeps its data in a volume mounted on /data", () => {
+        const targets = (node.volumes ?? []).map((v) => (typeof v === "string" ? v.split(":")[1] : v.target))
+        expect(targets).toContain("/data")
+        const named = (node.volumes ?? []).flatMap((v) => (typeof v === "string" ? [v.split(":")[0]!] : []))
+        for (const name of named.filter((n) => !n.startsWith(".") && !n.startsWith("/"))) {
+          expect(Object.keys(compose.volumes ?? {})).toContain(name)
+        }
+      })
+    })
+  }
+})
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Dockerfile
+
+interface Instruction {
+  readonly keyword: string
+  readonly args: string
+}
+
+/** Instructions with continuation lines joined and comments dropped. */
+const instructions = (text: string): Array<Instruction> =>
+  text
+    .replace(/\\\r?\n/g, " ")
+    .split(/\r?\n/)
+    .map((line) => line.trim())
+    .filter((line) => line !== "" && !line.startsWith("#"))
+    .map((line) => {
+      const [keyword, ...rest] = line.split(/\s+/)
+      return { keyword: keyword!.toUpperCase(), args: rest.join(" ") }
+    })
+
+/** Stages, each starting at its FROM. */
+const stagesOf = (list: ReadonlyArray<Instruction>) => {
+  const stages: Array<Array<Instruction>> = []
+  for (const instruction of list) {
+    if (instruction.keyword === "FROM") stages.push([])
+    stages.at(-1)?.push(instruction)
+  }
+  return stages
+}
+
+/** An exec-form (`["node", "x"]`) or shell-form argument as words. */
+const execWords = (args: string): Array<string> =>
+  args.trim().startsWith("[") ? (JSON.parse(args) as Array<string>) : args.trim().split(/\s+/)
+
+describe("Dockerfile", () => {
+  const dockerfile = instructions(read("Dockerfile"))
+  const stages = stagesOf(dockerfile)
+  const build = stages[0] ?? []
+  const runtime = stages.at(-1) ?? []
+  const all = (stage: ReadonlyArray<Instruction>, keyword: string) => stage.filter((i) => i.keyword === keyword)
+  const runs = (stage: ReadonlyArray<Instruction>) => all(stage, "RUN").map((i) => i.args)
+
+  it("is multi-stage, every stage on Node 20 slim or alpine", () => {
+    expect(stages.length).toBeGreaterThanOrEqual(2)
+    for (const stage of stages) expect(stage[0]!.args).toMatch(/^node:20(\.\d+)*-(slim|alpine)\b/)
+  })
+
+  it("builds with every dependency and `npm run build` in the first stage", () => {
+    expect(runs(build).some((r) => /\bnpm (install|ci)\b/.test(r) && !/--omit[= ]dev|--production/.test(r))).toBe(true)
+    expect(runs(build).some((r) => /\bnpm run build\b/.test(r))).toBe(true)
+  })
+
+  it("installs only production dependencies in the runtime stage", () => {
+    const installs = runs(runtime).filter((r) => /\bnpm (install|ci)\b/.test(r))
+    expect(installs.length).toBeGreaterThan(0)
+    for (const install of installs) expect(install).toMatch(/--omit[= ]dev|--production\b/)
+  })
+
+  it("takes the compiled app from the build stage", () => {
+    const buildName = /\bAS\s+(\S+)/i.exec(build[0]!.args)?.[1]
+    const fromBuild = all(runtime, "COPY").filter((c) => c.args.includes(`--from=${buildName ?? "0"}`))
+    expect(fromBuild.some((c) => /\bdist\b/.test(c.args))).toBe(true)
+  })
+
+  it("runs `node dist/main.js`, which is where the build puts src/main.ts", () => {
+    const cmd = all(runtime, "CMD").at(-1)
+    expect(cmd).toBeDefined()
+    expect(execWords(cmd!.args)).toEqual(["node", "dist/main.js"])
+    const buildConfig = JSON.parse(read("tsconfig.build.json")) as {
+      compilerOptions: { rootDir: string; outDir: string }
+    }
+    expect(buildConfig.compilerOptions).toMatchObject({ rootDir: "src", outDir: "dist" })
+    expect(exists("src/main.ts")).toBe(true)
+    expect((JSON.parse(read("package.json")) as { scripts: Record<string, string> }).scripts.start).toBe(
+      "node dist/main.js"
+    )
+  })
+
+  it("runs as a non-root user", () => {
+    const user = all(runtime, "USER").at(-1)?.args
+    expect(user).toBeDefined()
+    expect(["root", "0", "0:0"]).not.toContain(user)
+  })
+
+  it("exposes the port the app listens on by default and compose publishes", () => {
+    expect(all(runtime, "EXPOSE").flatMap((e) => e.args.split(/\s+/))).toContain("8000")
+  })
+
+  it("copies only files that exist in the repository", () => {
+    for (const stage of stages) {
+      for (const copy of all(stage, "COPY").filter((c) => !c.args.includes("--from="))) {
+        const sources = execWords(copy.args).slice(0, -1)
+        for (const source of sources) expect(exists(source), `COPY source ${source}`).toBe(true)
+      }
+    }
+  })
+})
+
+describe(".dockerignore", () => {
+  it("keeps local installs, builds, data and history out of the build context", () => {
+    const ignored = read(".dockerignore")
+      .split(/\r?\n/)
+      .map((line) => line.trim().replace(/^\/|\/$/g, ""))
+    for (const entry of ["node_modules", "dist", "data", ".git"]) expect(ignored).toContain(entry)
+  })
+})
