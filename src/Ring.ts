@@ -6,11 +6,24 @@
  * (hash, node name), so the ring depends only on the set of names and never on the order they were listed in.
  */
 
-export const DEFAULT_VIRTUAL_NODES = 1024
+export const DEFAULT_VIRTUAL_NODES = 4096
 
 /** MurmurHash3 x86 32-bit of the UTF-8 bytes of `text`, as an unsigned integer. */
+const encoder = new TextEncoder()
+
+/** The UTF-8 bytes of `text`; ASCII (every poll id and node name) is copied directly, without the encoder. */
+const utf8 = (text: string): Uint8Array => {
+  const bytes = new Uint8Array(text.length)
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i)
+    if (code > 0x7f) return encoder.encode(text)
+    bytes[i] = code
+  }
+  return bytes
+}
+
 export const murmur3 = (text: string, seed = 0): number => {
-  const bytes = new TextEncoder().encode(text)
+  const bytes = utf8(text)
   const c1 = 0xcc9e2d51
   const c2 = 0x1b873593
   let h = seed >>> 0

@@ -17,9 +17,19 @@ export interface CacheOptions {
  */
 export const make = Effect.fn("VoteStore.cached.make")(function* (inner: VoteStoreShape, options: CacheOptions) {
   const ttl = Duration.decode(options.ttl)
+  const capacity = options.capacity ?? 100_000
+  // Invalidating an entry does not stop a read already on its way: its (older) answer would still be stored. So each
+  // snapshot remembers when its read began, and one that began before its poll's last flush counts as a miss.
+  let flushes = 0
+  let floor = 0
+  const flushedAt = new Map<PollId, number>()
+  const current = (pollId: PollId, readAt: number) => readAt >= floor && readAt >= (flushedAt.get(pollId) ?? 0)
   const cache = yield* Cache.makeWith({
-    capacity: options.capacity ?? 100_000,
-    lookup: (pollId: PollId) => inner.results(pollId),
+    capacity,
+    lookup: (pollId: PollId) => {
+      const readAt = flushes
+      return Effect.map(inner.results(pollId), (result) => ({ result, readAt }))
+    },
     // A failed read is never cached: the next request tries the store again.
     timeToLive: (exit) => (Exit.isSuccess(exit) ? ttl : Duration.zero)
   })
@@ -33,19 +43,33 @@ export const make = Effect.fn("VoteStore.cached.make")(function* (inner: VoteSto
         : cache.getEither(pollId).pipe(
             // Effect's cache keeps even a zero-lifetime entry until the clock moves on: drop a failure at once.
             Effect.tapError(() => cache.invalidate(pollId)),
-            Effect.map(
+            Effect.flatMap(
               Either.match({
-                onLeft: (hit) => ({ counts: hit.counts, servedVia: APP_CACHE }),
-                onRight: (miss) => miss
+                onLeft: ({ result, readAt }) =>
+                  current(pollId, readAt)
+                    ? Effect.succeed({ counts: result.counts, servedVia: APP_CACHE })
+                    : Effect.zipRight(cache.invalidate(pollId), inner.results(pollId)),
+                onRight: ({ result }) => Effect.succeed(result)
               })
             )
           ),
     // A flushed batch changes what the store holds: drop the snapshots it touched, whether or not the call
     // reported success (a timed-out batch may have been applied).
     applyBatch: (batch) =>
-      inner
-        .applyBatch(batch)
-        .pipe(Effect.ensuring(Effect.forEach(batch.increments.keys(), (pollId) => cache.invalidate(pollId))))
+      inner.applyBatch(batch).pipe(
+        Effect.ensuring(
+          Effect.suspend(() => {
+            flushes++
+            for (const pollId of batch.increments.keys()) flushedAt.set(pollId, flushes)
+            // Bounded like the cache: past it, forget per-poll marks and treat every older snapshot as stale.
+            if (flushedAt.size > capacity) {
+              flushedAt.clear()
+              floor = flushes
+            }
+            return Effect.forEach(batch.increments.keys(), (pollId) => cache.invalidate(pollId), { discard: true })
+          })
+        )
+      )
   }
   return store
 })

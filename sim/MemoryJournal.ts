@@ -1,0 +1,54 @@
+import { Effect } from "effect"
+import type { Increments } from "../src/Domain.js"
+import type { JournalShape, JournalState } from "../src/Journal.js"
+import { replay } from "../src/Journal.js"
+
+/**
+ * The write-behind journal kept as text in memory instead of a file, in the record format of src/Journal.ts and
+ * replayed with its `replay`. One journal outlives the instances that use it, as the file outlives a process, so a
+ * restarted instance recovers what the previous one could not flush.
+ */
+export interface MemoryJournal {
+  readonly journal: JournalShape
+  readonly text: () => string
+  /** Votes the journal would replay now: pending plus unconfirmed batches. */
+  readonly votes: () => number
+}
+
+const encode = (increments: Increments) =>
+  JSON.stringify([...increments].map(([pollId, options]) => [pollId, [...options]]))
+
+const render = (state: JournalState) => {
+  let text = ""
+  for (const increments of state.pending) if (increments.size > 0) text += `p ${encode(increments)}\n`
+  for (const { batch, partition } of state.batches) {
+    text += `p ${encode(batch.increments)}\nb ${partition} ${batch.id} ${encode(batch.increments)}\n`
+  }
+  return text
+}
+
+const sum = (increments: Increments) => {
+  let n = 0
+  for (const options of increments.values()) for (const v of options.values()) n += v
+  return n
+}
+
+export const make = (): MemoryJournal => {
+  let text = ""
+  const journal: JournalShape = {
+    recover: Effect.sync(() => replay(text)),
+    append: (pollId, optionId) => Effect.sync(() => void (text += `v ${pollId} ${optionId}\n`)),
+    sealed: (partition, batch) =>
+      Effect.sync(() => void (text += `b ${partition} ${batch.id} ${encode(batch.increments)}\n`)),
+    confirmed: (batchId) => Effect.sync(() => void (text += `c ${batchId}\n`)),
+    compact: (state) => Effect.sync(() => void (text = render(state())))
+  }
+  return {
+    journal,
+    text: () => text,
+    votes: () => {
+      const recovered = replay(text)
+      return sum(recovered.pending) + recovered.batches.reduce((n, { batch }) => n + sum(batch.increments), 0)
+    }
+  }
+}
