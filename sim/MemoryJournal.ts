@@ -1,7 +1,7 @@
 import { Effect } from "effect"
 import type { Increments } from "../src/Domain.js"
 import type { JournalShape, JournalState } from "../src/Journal.js"
-import { replay } from "../src/Journal.js"
+import { encode, render, replay } from "../src/Journal.js"
 
 /**
  * The write-behind journal kept as text in memory instead of a file, in the record format of src/Journal.ts and
@@ -13,18 +13,6 @@ export interface MemoryJournal {
   readonly text: () => string
   /** Votes the journal would replay now: pending plus unconfirmed batches. */
   readonly votes: () => number
-}
-
-const encode = (increments: Increments) =>
-  JSON.stringify([...increments].map(([pollId, options]) => [pollId, [...options]]))
-
-const render = (state: JournalState) => {
-  let text = ""
-  for (const increments of state.pending) if (increments.size > 0) text += `p ${encode(increments)}\n`
-  for (const { batch, partition } of state.batches) {
-    text += `p ${encode(batch.increments)}\nb ${partition} ${batch.id} ${encode(batch.increments)}\n`
-  }
-  return text
 }
 
 const sum = (increments: Increments) => {

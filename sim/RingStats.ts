@@ -11,17 +11,7 @@ const SPACE = 2 ** 32
 export const defaultNames = (n: number) => Array.from({ length: n }, (_, i) => `redis_${7000 + i}`)
 
 /** Owner of a hash: the first point at or after it, wrapping to the first point. */
-export const ownerOfHash = (ring: Ring.Ring, hash: number): string => {
-  const { points } = ring
-  let lo = 0
-  let hi = points.length
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1
-    if (points[mid]! < hash) lo = mid + 1
-    else hi = mid
-  }
-  return ring.nodes[ring.owners[lo === points.length ? 0 : lo]!]!
-}
+export const ownerOfHash = Ring.nodeForHash
 
 /** The busiest node's share of the hash space divided by the mean share 1/n. */
 export const maxOverMean = (ring: Ring.Ring): number => Math.max(...Ring.ownership(ring).values()) * ring.nodes.length

@@ -39,7 +39,8 @@ export interface JournalShape {
 
 export class Journal extends Context.Tag("livepoll/Journal")<Journal, JournalShape>() {}
 
-const encode = (increments: Increments) =>
+/** One line's JSON form of increments. */
+export const encode = (increments: Increments) =>
   JSON.stringify([...increments].map(([pollId, options]) => [pollId, [...options]]))
 
 const decode = (json: string): Counter =>
@@ -83,7 +84,8 @@ export const replay = (text: string): Recovered => {
   return { pending, batches: [...batches.values()] }
 }
 
-const render = (state: JournalState) => {
+/** The journal text that replays to `state`. */
+export const render = (state: JournalState) => {
   let text = ""
   for (const increments of state.pending) if (increments.size > 0) text += `p ${encode(increments)}\n`
   for (const { batch, partition } of state.batches) {

@@ -101,8 +101,10 @@ const successor = (points: Uint32Array, hash: number): number => {
   return lo === points.length ? 0 : lo
 }
 
-export const nodeFor = (ring: Ring, key: string): string =>
-  ring.nodes[ring.owners[successor(ring.points, murmur3(key))]!]!
+/** The node owning a point of the hash space: the first ring point at or after it, wrapping around. */
+export const nodeForHash = (ring: Ring, hash: number): string => ring.nodes[ring.owners[successor(ring.points, hash)]!]!
+
+export const nodeFor = (ring: Ring, key: string): string => nodeForHash(ring, murmur3(key))
 
 /** The exact fraction of the 2^32 hash space each node owns. */
 export const ownership = (ring: Ring): Map<string, number> => {
