@@ -1,14 +1,13 @@
-import { Clock, Effect, Either, Exit, Layer, Option, ParseResult, Runtime, Schema } from "effect"
+import { Clock, Context, Effect, Either, Exit, Layer, Option, ParseResult, Runtime, Schema } from "effect"
 import { randomBytes } from "node:crypto"
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
 import type { PollDefinition, VoterId as VoterIdType } from "./Domain.js"
 import { PollDraft, PollId, VoteRequest, VoterId } from "./Domain.js"
-import { Feed } from "./Feed.js"
+import { Feed, type FeedShape } from "./Feed.js"
 import * as LiveResults from "./LiveResults.js"
 import * as Page from "./Page.js"
-import { define, Polls } from "./Polls.js"
-import type { VoteStore } from "./VoteStore.js"
-import { VoteStore as VoteStoreTag } from "./VoteStore.js"
+import { define, Polls, type PollsShape } from "./Polls.js"
+import { VoteStore, type VoteStoreShape } from "./VoteStore.js"
 import * as Voting from "./Voting.js"
 
 export const MAX_BODY_BYTES = 16 * 1024
@@ -105,24 +104,6 @@ const voterOf = (req: IncomingMessage, fromBody: VoterIdType | undefined): Voter
   return Either.getOrUndefined(decodeVoterId(fromCookie))
 }
 
-export const vote = (rawPollId: string, text: string, req?: IncomingMessage): Effect.Effect<Reply, never, Services> => {
-  const pollId = parsePollId(rawPollId)
-  if (Either.isLeft(pollId)) return Effect.succeed(pollId.left)
-  const json = parseJson(text)
-  if (Either.isLeft(json)) return Effect.succeed(json.left)
-  const body = decodeVoteRequest(json.right)
-  if (Either.isLeft(body)) return Effect.succeed(failure(400, "invalid_request", describeParseError(body.left)))
-  const { option_id, voter_id } = body.right
-  const voter = req === undefined ? voter_id : voterOf(req, voter_id)
-  return Voting.cast(pollId.right, option_id, voter).pipe(
-    Effect.zipLeft(Effect.flatMap(Feed, (feed) => feed.local(pollId.right))),
-    Effect.match({
-      onFailure: fromError,
-      onSuccess: () => reply(200, { poll_id: pollId.right, option_id })
-    })
-  )
-}
-
 const tallyBody = (pollId: string, t: Voting.Tally) =>
   t.poll === undefined
     ? { poll_id: pollId, results: t.counts, served_via: t.servedVia }
@@ -137,62 +118,87 @@ const tallyBody = (pollId: string, t: Voting.Tally) =>
         closed: t.poll.closed
       }
 
-const tally = (pollId: PollId, fresh = false) => Effect.map(Voting.tally(pollId, fresh), (t) => tallyBody(pollId, t))
-
-export const results = (rawPollId: string): Effect.Effect<Reply, never, Services> => {
-  const pollId = parsePollId(rawPollId)
-  if (Either.isLeft(pollId)) return Effect.succeed(pollId.left)
-  return tally(pollId.right).pipe(Effect.match({ onFailure: fromError, onSuccess: (body) => reply(200, body) }))
-}
-
-export const health: Effect.Effect<Reply, never, Services> = VoteStoreTag.pipe(
-  Effect.flatMap((store) => store.health),
-  Effect.map((h) => {
-    const ok = h.nodes.every((n) => n.reachable)
-    return reply(ok ? 200 : 503, { status: ok ? "ok" : "degraded", nodes: h.nodes, pending_votes: h.pendingVotes })
-  })
-)
-
 const pollBody = (poll: PollDefinition, now: number) => ({ ...poll, open: !poll.closed && isOpenAt(poll, now) })
 const isOpenAt = (poll: PollDefinition, now: number) => poll.closes_at === null || Date.parse(poll.closes_at) > now
 
-export const createPoll = (text: string): Effect.Effect<Reply, never, Services> => {
-  const json = parseJson(text)
-  if (Either.isLeft(json)) return Effect.succeed(json.left)
-  const draft = decodePollDraft(json.right)
-  if (Either.isLeft(draft)) return Effect.succeed(failure(400, "invalid_poll", describeParseError(draft.left)))
-  return Effect.gen(function* () {
-    const polls = yield* Polls
-    const now = yield* Clock.currentTimeMillis
-    const id = draft.right.id ?? (randomBytes(6).toString("base64url") as PollId)
-    const poll = yield* polls.create(define(draft.right, id, new Date(now)))
-    return reply(201, pollBody(poll, now))
-  }).pipe(Effect.catchAll((e) => Effect.succeed(fromError(e))))
-}
+/** The handlers, over the services they use (looked up once, not per request). */
+export const makeApi = (services: {
+  readonly store: VoteStoreShape
+  readonly polls: PollsShape
+  readonly feed: FeedShape
+}) => {
+  const { store, polls, feed } = services
+  const voting = Voting.make(polls, store)
 
-const withPoll = (rawPollId: string, use: (pollId: PollId) => Effect.Effect<Reply, never, Services>) => {
-  const pollId = parsePollId(rawPollId)
-  return Either.isLeft(pollId) ? Effect.succeed(pollId.left) : use(pollId.right)
-}
+  const vote = (rawPollId: string, text: string, req?: IncomingMessage): Effect.Effect<Reply> => {
+    const pollId = parsePollId(rawPollId)
+    if (Either.isLeft(pollId)) return Effect.succeed(pollId.left)
+    const json = parseJson(text)
+    if (Either.isLeft(json)) return Effect.succeed(json.left)
+    const body = decodeVoteRequest(json.right)
+    if (Either.isLeft(body)) return Effect.succeed(failure(400, "invalid_request", describeParseError(body.left)))
+    const { option_id, voter_id } = body.right
+    const voter = req === undefined ? voter_id : voterOf(req, voter_id)
+    return voting.cast(pollId.right, option_id, voter).pipe(
+      Effect.zipLeft(feed.local(pollId.right)),
+      Effect.match({
+        onFailure: fromError,
+        onSuccess: () => reply(200, { poll_id: pollId.right, option_id })
+      })
+    )
+  }
 
-export const getPoll = (rawPollId: string) =>
-  withPoll(rawPollId, (pollId) =>
-    Effect.gen(function* () {
-      const polls = yield* Polls
-      const poll = yield* polls.get(pollId)
-      if (Option.isNone(poll)) return failure(404, "poll_not_found", `no poll ${pollId} has been defined`)
-      return reply(200, pollBody(poll.value, yield* Clock.currentTimeMillis))
+  const tally = (pollId: PollId, fresh = false) => Effect.map(voting.tally(pollId, fresh), (t) => tallyBody(pollId, t))
+
+  const results = (rawPollId: string): Effect.Effect<Reply> => {
+    const pollId = parsePollId(rawPollId)
+    if (Either.isLeft(pollId)) return Effect.succeed(pollId.left)
+    return tally(pollId.right).pipe(Effect.match({ onFailure: fromError, onSuccess: (body) => reply(200, body) }))
+  }
+
+  const health: Effect.Effect<Reply> = Effect.map(store.health, (h) => {
+    const ok = h.nodes.every((n) => n.reachable)
+    return reply(ok ? 200 : 503, { status: ok ? "ok" : "degraded", nodes: h.nodes, pending_votes: h.pendingVotes })
+  })
+
+  const createPoll = (text: string): Effect.Effect<Reply> => {
+    const json = parseJson(text)
+    if (Either.isLeft(json)) return Effect.succeed(json.left)
+    const draft = decodePollDraft(json.right)
+    if (Either.isLeft(draft)) return Effect.succeed(failure(400, "invalid_poll", describeParseError(draft.left)))
+    return Effect.gen(function* () {
+      const now = yield* Clock.currentTimeMillis
+      const id = draft.right.id ?? (randomBytes(6).toString("base64url") as PollId)
+      const poll = yield* polls.create(define(draft.right, id, new Date(now)))
+      return reply(201, pollBody(poll, now))
     }).pipe(Effect.catchAll((e) => Effect.succeed(fromError(e))))
-  )
+  }
 
-export const closePoll = (rawPollId: string) =>
-  withPoll(rawPollId, (pollId) =>
-    Effect.gen(function* () {
-      const poll = yield* Effect.flatMap(Polls, (polls) => polls.close(pollId))
-      yield* Effect.flatMap(Feed, (feed) => feed.changed(pollId))
-      return reply(200, pollBody(poll, yield* Clock.currentTimeMillis))
-    }).pipe(Effect.catchAll((e) => Effect.succeed(fromError(e))))
-  )
+  const withPoll = (rawPollId: string, use: (pollId: PollId) => Effect.Effect<Reply>) => {
+    const pollId = parsePollId(rawPollId)
+    return Either.isLeft(pollId) ? Effect.succeed(pollId.left) : use(pollId.right)
+  }
+
+  const getPoll = (rawPollId: string) =>
+    withPoll(rawPollId, (pollId) =>
+      Effect.gen(function* () {
+        const poll = yield* polls.get(pollId)
+        if (Option.isNone(poll)) return failure(404, "poll_not_found", `no poll ${pollId} has been defined`)
+        return reply(200, pollBody(poll.value, yield* Clock.currentTimeMillis))
+      }).pipe(Effect.catchAll((e) => Effect.succeed(fromError(e))))
+    )
+
+  const closePoll = (rawPollId: string) =>
+    withPoll(rawPollId, (pollId) =>
+      Effect.gen(function* () {
+        const poll = yield* polls.close(pollId)
+        yield* feed.changed(pollId)
+        return reply(200, pollBody(poll, yield* Clock.currentTimeMillis))
+      }).pipe(Effect.catchAll((e) => Effect.succeed(fromError(e))))
+    )
+
+  return { vote, results, health, createPoll, getPoll, closePoll, tally }
+}
 
 const HEALTHY = reply(200, { status: "healthy" })
 
@@ -321,22 +327,24 @@ const sendPage = (req: IncomingMessage, res: ServerResponse, pollId: string) => 
  */
 export const makeHandler = (runtime: Runtime.Runtime<Services>) => {
   const runFork = Runtime.runFork(runtime)
+  const api = makeApi({
+    store: Context.get(runtime.context, VoteStore),
+    polls: Context.get(runtime.context, Polls),
+    feed: Context.get(runtime.context, Feed)
+  })
   // Streams carry the results only: where they were read from changes from read to read and is not news.
   const hub = LiveResults.makeHub(runtime, (pollId) =>
-    Effect.map(tally(pollId, true), ({ served_via: _, ...rest }) => rest)
+    Effect.map(api.tally(pollId, true), ({ served_via: _, ...rest }) => rest)
   )
-  const run = (res: ServerResponse, effect: Effect.Effect<Reply, never, Services>) => {
+  const run = (res: ServerResponse, effect: Effect.Effect<Reply>) => {
     runFork(effect).addObserver((exit) => {
       if (Exit.isSuccess(exit)) return send(res, exit.value)
       runFork(Effect.logError("request failed unexpectedly", exit.cause))
       send(res, failure(500, "internal_error", "the server failed to handle this request"))
     })
   }
-  const withBody = (
-    req: IncomingMessage,
-    res: ServerResponse,
-    use: (text: string) => Effect.Effect<Reply, never, Services>
-  ) => readBody(req, MAX_BODY_BYTES, (text) => (text === undefined ? send(res, TOO_LARGE) : run(res, use(text))))
+  const withBody = (req: IncomingMessage, res: ServerResponse, use: (text: string) => Effect.Effect<Reply>) =>
+    readBody(req, MAX_BODY_BYTES, (text) => (text === undefined ? send(res, TOO_LARGE) : run(res, use(text))))
 
   const handler = (req: IncomingMessage, res: ServerResponse) => {
     const r = route(req.method ?? "GET", req.url ?? "/", req.headers.accept)
@@ -346,20 +354,20 @@ export const makeHandler = (runtime: Runtime.Runtime<Services>) => {
       case "Reject":
         return send(res, r.reply)
       case "Health":
-        return run(res, health)
+        return run(res, api.health)
       case "Results":
-        return run(res, results(r.pollId))
+        return run(res, api.results(r.pollId))
       case "Vote":
-        return withBody(req, res, (text) => vote(r.pollId, text, req))
+        return withBody(req, res, (text) => api.vote(r.pollId, text, req))
       case "CreatePoll":
-        return withBody(req, res, createPoll)
+        return withBody(req, res, api.createPoll)
       case "GetPoll": {
-        if (!r.page) return run(res, getPoll(r.pollId))
+        if (!r.page) return run(res, api.getPoll(r.pollId))
         const pollId = parsePollId(r.pollId)
         return Either.isLeft(pollId) ? send(res, pollId.left) : sendPage(req, res, pollId.right)
       }
       case "ClosePoll":
-        return withBody(req, res, () => closePoll(r.pollId))
+        return withBody(req, res, () => api.closePoll(r.pollId))
       case "Stream": {
         const pollId = parsePollId(r.pollId)
         if (Either.isLeft(pollId)) return send(res, pollId.left)

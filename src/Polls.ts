@@ -8,6 +8,11 @@ export interface PollsShape {
   /** `fresh`: read past any cache (live streams do, so a change made elsewhere is not hidden). */
   readonly get: (pollId: PollId, fresh?: boolean) => Effect.Effect<Option.Option<PollDefinition>, StoreUnavailable>
   readonly close: (pollId: PollId) => Effect.Effect<PollDefinition, PollNotFound | StoreUnavailable>
+  /**
+   * False when this instance knows the poll is not defined, without asking anyone (`get` may still find it: a
+   * definition announced a moment ago). Lets the definition cache stay out of the way of ad-hoc votes.
+   */
+  readonly mayBeDefined: (pollId: PollId) => boolean
   /** Records that `voterId` voted on the poll; false if it had already (the check and the write are one step). */
   readonly claimVoter: (pollId: PollId, voterId: VoterId) => Effect.Effect<boolean, StoreUnavailable>
   /** Undoes a claim whose vote was then refused, so the voter may try again. */
@@ -37,6 +42,7 @@ export const makeMemory = Effect.sync((): PollsShape => {
         return Effect.succeed(poll)
       }),
     get: (pollId) => Effect.sync(() => Option.fromNullable(polls.get(pollId))),
+    mayBeDefined: (pollId) => polls.has(pollId),
     close: (pollId) =>
       Effect.suspend(() => {
         const poll = polls.get(pollId)
@@ -77,10 +83,12 @@ export const withCache = (polls: PollsShape, ttl: Duration.DurationInput = Durat
       get: (pollId, fresh) =>
         fresh
           ? Effect.zipLeft(polls.get(pollId), cache.invalidate(pollId))
-          : Effect.tap(
-              Effect.tapError(cache.get(pollId), () => cache.invalidate(pollId)),
-              (found) => (Option.isNone(found) ? cache.invalidate(pollId) : Effect.void)
-            ),
+          : !polls.mayBeDefined(pollId)
+            ? polls.get(pollId)
+            : Effect.tap(
+                Effect.tapError(cache.get(pollId), () => cache.invalidate(pollId)),
+                (found) => (Option.isNone(found) ? cache.invalidate(pollId) : Effect.void)
+              ),
       create: (poll) => Effect.tap(polls.create(poll), () => cache.invalidate(poll.id)),
       close: (pollId) => Effect.tap(polls.close(pollId), () => cache.invalidate(pollId))
     }

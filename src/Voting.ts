@@ -1,47 +1,10 @@
 import { Clock, Effect, Option } from "effect"
 import type { OptionId, PollDefinition, PollId, StoreUnavailable, VoteError, VoterId } from "./Domain.js"
 import { AlreadyVoted, isOpen, PollClosed, UnknownOption, VoterRequired } from "./Domain.js"
-import { Polls, type PollsShape } from "./Polls.js"
-import { VoteStore, type VoteStoreShape } from "./VoteStore.js"
+import type { PollsShape } from "./Polls.js"
+import type { VoteStoreShape } from "./VoteStore.js"
 
 export type CastError = VoteError | PollClosed | UnknownOption | AlreadyVoted | VoterRequired
-
-const castDefined = (
-  polls: PollsShape,
-  store: VoteStoreShape,
-  poll: PollDefinition,
-  optionId: OptionId,
-  voterId: VoterId | undefined
-): Effect.Effect<void, CastError> =>
-  Effect.gen(function* () {
-    const pollId = poll.id
-    if (!isOpen(poll, yield* Clock.currentTimeMillis)) return yield* new PollClosed({ pollId })
-    if (!poll.options.some((o) => o.id === optionId)) return yield* new UnknownOption({ pollId, optionId })
-    if (!poll.one_vote_per_voter) return yield* store.vote(pollId, optionId)
-    if (voterId === undefined) return yield* new VoterRequired({ pollId })
-    if (!(yield* polls.claimVoter(pollId, voterId))) return yield* new AlreadyVoted({ pollId })
-    yield* store.vote(pollId, optionId).pipe(Effect.tapError(() => Effect.ignore(polls.releaseVoter(pollId, voterId))))
-  })
-
-/**
- * One vote. An ad-hoc poll (never defined) just counts it. A defined poll checks that it is open and knows the
- * option, and, for one vote per voter, records the voter before counting: the record is the decision, so it holds
- * across instances and in every stage, buffered ones included. A vote refused after the record releases it.
- */
-export const cast = (
-  pollId: PollId,
-  optionId: OptionId,
-  voterId: VoterId | undefined
-): Effect.Effect<void, CastError, Polls | VoteStore> =>
-  Effect.flatMap(Effect.all([Polls, VoteStore]), ([polls, store]) =>
-    Effect.flatMap(
-      polls.get(pollId),
-      Option.match({
-        onNone: () => store.vote(pollId, optionId),
-        onSome: (poll) => castDefined(polls, store, poll, optionId, voterId)
-      })
-    )
-  )
 
 export interface Tally {
   readonly counts: Readonly<Record<string, number>>
@@ -49,18 +12,53 @@ export interface Tally {
   readonly poll: PollDefinition | undefined
 }
 
-/**
- * A poll's counts; a defined poll lists every option, zeros included, in its own order. `fresh` reads past the
- * caches, for live streams: a change made on another instance must not hide behind this one's snapshot.
- */
-export const tally = (pollId: PollId, fresh = false): Effect.Effect<Tally, StoreUnavailable, Polls | VoteStore> =>
-  Effect.gen(function* () {
-    const [polls, store] = yield* Effect.all([Polls, VoteStore])
-    const [defined, r] = yield* Effect.all([polls.get(pollId, fresh), store.results(pollId, fresh ? [] : undefined)], {
-      concurrency: 2
+/** Votes and tallies across a poll's rules and the vote store. */
+export const make = (polls: PollsShape, store: VoteStoreShape) => {
+  const castDefined = (
+    poll: PollDefinition,
+    optionId: OptionId,
+    voterId: VoterId | undefined
+  ): Effect.Effect<void, CastError> =>
+    Effect.gen(function* () {
+      const pollId = poll.id
+      if (!isOpen(poll, yield* Clock.currentTimeMillis)) return yield* new PollClosed({ pollId })
+      if (!poll.options.some((o) => o.id === optionId)) return yield* new UnknownOption({ pollId, optionId })
+      if (!poll.one_vote_per_voter) return yield* store.vote(pollId, optionId)
+      if (voterId === undefined) return yield* new VoterRequired({ pollId })
+      if (!(yield* polls.claimVoter(pollId, voterId))) return yield* new AlreadyVoted({ pollId })
+      yield* store
+        .vote(pollId, optionId)
+        .pipe(Effect.tapError(() => Effect.ignore(polls.releaseVoter(pollId, voterId))))
     })
-    if (Option.isNone(defined)) return { counts: r.counts, servedVia: r.servedVia, poll: undefined }
-    const counts: Record<string, number> = {}
-    for (const option of defined.value.options) counts[option.id] = r.counts[option.id] ?? 0
-    return { counts, servedVia: r.servedVia, poll: defined.value }
-  })
+
+  /**
+   * One vote. An ad-hoc poll (never defined) just counts it. A defined poll checks that it is open and knows the
+   * option, and, for one vote per voter, records the voter before counting: the record is the decision, so it holds
+   * across instances and in every stage, buffered ones included. A vote refused after the record releases it.
+   */
+  const cast = (pollId: PollId, optionId: OptionId, voterId: VoterId | undefined): Effect.Effect<void, CastError> =>
+    Effect.flatMap(
+      polls.get(pollId),
+      Option.match({
+        onNone: () => store.vote(pollId, optionId),
+        onSome: (poll) => castDefined(poll, optionId, voterId)
+      })
+    )
+
+  /**
+   * A poll's counts; a defined poll lists every option, zeros included, in its own order. `fresh` reads past the
+   * caches, for live streams: a change made on another instance must not hide behind this one's snapshot.
+   */
+  const tally = (pollId: PollId, fresh = false): Effect.Effect<Tally, StoreUnavailable> =>
+    // One after the other: for an ad-hoc poll the first answers from memory, and forking costs more than it saves.
+    Effect.flatMap(polls.get(pollId, fresh), (defined) =>
+      Effect.map(store.results(pollId, fresh ? [] : undefined), (r): Tally => {
+        if (Option.isNone(defined)) return { counts: r.counts, servedVia: r.servedVia, poll: undefined }
+        const counts: Record<string, number> = {}
+        for (const option of defined.value.options) counts[option.id] = r.counts[option.id] ?? 0
+        return { counts, servedVia: r.servedVia, poll: defined.value }
+      })
+    )
+
+  return { cast, tally }
+}

@@ -139,6 +139,7 @@ export const make = Effect.fn("Polls.redis.make")(function* (nodes: ReadonlyArra
       }
       return read(pollId)
     },
+    mayBeDefined: (pollId) => defined.has(pollId),
     close: (pollId) => {
       const { client, call } = nodeFor(pollId)
       return call("close poll", () =>
