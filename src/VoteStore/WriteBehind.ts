@@ -304,7 +304,12 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
         if (isNewEntry && bufferedEntries >= maxEntries) {
           return Effect.zipRight(earlyFlush, new BufferFull({ pending: bufferedVotes() }))
         }
-        if (knownOptions.get(pollId)?.has(optionId)) return accept(partition, pollId, optionId)
+        // A poll whose options this instance has read once needs no second read while it is clear of the cap.
+        const known = knownOptions.get(pollId)
+        if (known !== undefined && (known.has(optionId) || known.size < MAX_OPTIONS_PER_POLL)) {
+          known.add(optionId)
+          return accept(partition, pollId, optionId)
+        }
         return Effect.zipRight(
           checkOption(partition, pollId, optionId),
           Effect.suspend(() => accept(partition, pollId, optionId))

@@ -1,0 +1,139 @@
+/** What `npm run bench -- ...` accepts. The app is a black box here, so the stage names are spelled out again. */
+export const STAGES = ["memory", "redis", "cached", "batched", "sharded", "full"] as const
+export type Stage = (typeof STAGES)[number]
+
+/**
+ * `hot`: votes on one poll; `spread`: votes over 10,000 polls; `read`: reads of one poll; `spread1m`: votes on
+ * 1,000,000 distinct polls, one each, to watch memory (buffer and cache must stay bounded).
+ */
+export const WORKLOADS = ["hot", "spread", "read", "spread1m"] as const
+export type Workload = (typeof WORKLOADS)[number]
+
+/** The stages whose memory the `spread1m` workload watches: those with a write-behind buffer. */
+export const RSS_STAGES: ReadonlyArray<Stage> = ["batched", "full"]
+
+export interface Options {
+  /** Seconds of measured load per stage and workload. */
+  readonly duration: number
+  /** Seconds of unmeasured load before each measurement, so the JIT and connection pools are warm. */
+  readonly warmup: number
+  readonly connections: number
+  readonly stages: ReadonlyArray<Stage>
+  readonly workloads: ReadonlyArray<Workload>
+  /** Votes sent by `spread1m`, each to a poll of its own. */
+  readonly rssVotes: number
+  /** Upper bound on the time `spread1m` may take per stage. */
+  readonly rssMaxSeconds: number
+  /** redis-server's `appendfsync`: `everysec` is Redis' default with AOF on; `always` makes the disk part of it. */
+  readonly fsync: "everysec" | "always"
+  /** Watch Redis with MONITOR to count the commands clients send apart from those Lua scripts run. */
+  readonly monitor: boolean
+  /** Directory for latest.json and latest.svg. */
+  readonly out: string
+}
+
+export const defaults: Options = {
+  duration: 10,
+  warmup: 1,
+  connections: 50,
+  stages: STAGES,
+  workloads: ["hot", "spread", "read"],
+  rssVotes: 1_000_000,
+  rssMaxSeconds: 300,
+  fsync: "everysec",
+  monitor: true,
+  out: "bench/results"
+}
+
+export const usage = `Usage: npm run bench -- [options]   (needs dist/: npm run build)
+
+  --duration SECONDS     measured load per stage and workload (default ${defaults.duration})
+  --warmup SECONDS       unmeasured load before each measurement (default ${defaults.warmup})
+  --connections N        concurrent HTTP connections (default ${defaults.connections})
+  --stages a,b,c         of ${STAGES.join(",")} (default all)
+  --workloads a,b        of ${WORKLOADS.join(",")} (default ${defaults.workloads.join(",")})
+                         spread1m runs on the ${RSS_STAGES.join(" and ")} stages only
+  --rss-votes N          votes of spread1m, one per poll (default ${defaults.rssVotes})
+  --rss-max-seconds S    time bound of spread1m per stage (default ${defaults.rssMaxSeconds})
+  --fsync MODE           redis-server appendfsync: everysec or always (default ${defaults.fsync})
+  --no-monitor           count Redis commands with INFO commandstats only (Lua-internal ones included),
+                         without a MONITOR connection to tell them apart
+  --out DIR              where latest.json and latest.svg go (default ${defaults.out})
+`
+
+const number = (flag: string, text: string | undefined, min: number, integer: boolean): number => {
+  const value = Number(text)
+  if (text === undefined || text.trim() === "" || !Number.isFinite(value) || value < min) {
+    throw new Error(`${flag} needs a number of at least ${min}, got ${text ?? "nothing"}`)
+  }
+  if (integer && !Number.isInteger(value)) throw new Error(`${flag} needs a whole number, got ${text}`)
+  return value
+}
+
+const list = <A extends string>(flag: string, text: string | undefined, allowed: ReadonlyArray<A>): Array<A> => {
+  const items = (text ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "")
+  if (items.length === 0) throw new Error(`${flag} needs a comma-separated list of ${allowed.join(",")}`)
+  for (const item of items) {
+    if (!(allowed as ReadonlyArray<string>).includes(item)) {
+      throw new Error(`${flag}: unknown ${item}; choose from ${allowed.join(",")}`)
+    }
+  }
+  // In the canonical order, without duplicates, so tables and charts always read the same way.
+  return allowed.filter((a) => items.includes(a))
+}
+
+/** Parses the command line; throws an Error whose message says what is wrong. `--help` returns undefined. */
+export const parse = (argv: ReadonlyArray<string>): Options | undefined => {
+  const options: { -readonly [K in keyof Options]: Options[K] } = { ...defaults }
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!
+    const eq = arg.indexOf("=")
+    const flag = eq > 0 ? arg.slice(0, eq) : arg
+    const value = () => (eq > 0 ? arg.slice(eq + 1) : argv[++i])
+    switch (flag) {
+      case "--help":
+      case "-h":
+        return undefined
+      case "--duration":
+        options.duration = number(flag, value(), 0.5, false)
+        break
+      case "--warmup":
+        options.warmup = number(flag, value(), 0, false)
+        break
+      case "--connections":
+        options.connections = number(flag, value(), 1, true)
+        break
+      case "--stages":
+        options.stages = list(flag, value(), STAGES)
+        break
+      case "--workloads":
+        options.workloads = list(flag, value(), WORKLOADS)
+        break
+      case "--rss-votes":
+        options.rssVotes = number(flag, value(), 1, true)
+        break
+      case "--rss-max-seconds":
+        options.rssMaxSeconds = number(flag, value(), 1, false)
+        break
+      case "--fsync": {
+        const mode = value()
+        if (mode !== "everysec" && mode !== "always") throw new Error(`--fsync is everysec or always, got ${mode}`)
+        options.fsync = mode
+        break
+      }
+      case "--no-monitor":
+        options.monitor = false
+        break
+      case "--out":
+        options.out = value() ?? ""
+        if (options.out === "") throw new Error("--out needs a directory")
+        break
+      default:
+        throw new Error(`unknown option ${arg}`)
+    }
+  }
+  return options
+}

@@ -1,0 +1,284 @@
+import { type ChildProcess, spawn } from "node:child_process"
+import { cpSync, existsSync, mkdtempSync, rmSync } from "node:fs"
+import { createConnection } from "node:net"
+import { tmpdir } from "node:os"
+import { join, resolve } from "node:path"
+import { createInterface } from "node:readline"
+import { fileURLToPath } from "node:url"
+import { Redis } from "ioredis"
+import { freePort } from "../test/support/redis.js"
+
+export const ROOT = resolve(fileURLToPath(import.meta.url), "../..")
+export const APP_ENTRY = join(ROOT, "dist", "main.js")
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
+
+// Everything started here is stopped by `stopAll`, in reverse order, on success, on error and on Ctrl-C.
+const stoppers = new Set<() => Promise<void>>()
+const groups = new Set<number>()
+
+const onStop = (stop: () => Promise<void>) => {
+  stoppers.add(stop)
+  return () => void stoppers.delete(stop)
+}
+
+export const stopAll = async (): Promise<void> => {
+  for (const stop of [...stoppers].reverse()) {
+    stoppers.delete(stop)
+    await stop().catch(() => {})
+  }
+}
+
+// Last resort when the harness itself dies: no child outlives it.
+process.once("exit", () => {
+  for (const pid of groups) {
+    try {
+      process.kill(-pid, "SIGKILL")
+    } catch {
+      // already gone
+    }
+  }
+})
+
+const exitOf = (child: ChildProcess) =>
+  new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.exitCode !== null || child.signalCode !== null
+      ? resolve({ code: child.exitCode, signal: child.signalCode })
+      : child.once("exit", (code, signal) => resolve({ code, signal }))
+  )
+
+const signalGroup = (pid: number, signal: NodeJS.Signals) => {
+  try {
+    process.kill(-pid, signal)
+  } catch {
+    // already gone
+  }
+}
+
+interface Child {
+  readonly pid: number
+  readonly lines: Array<string>
+  readonly exited: () => boolean
+  /** SIGTERM to the process group, SIGKILL after `timeoutMs`; resolves with the exit code (null when killed). */
+  readonly stop: (timeoutMs?: number) => Promise<number | null>
+}
+
+/** A child in a process group of its own, so a stop reaches anything it starts in turn. */
+const launch = (command: string, args: ReadonlyArray<string>, env: NodeJS.ProcessEnv): Promise<Child> =>
+  new Promise((resolvePromise, reject) => {
+    const child = spawn(command, args, { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"], detached: true })
+    const lines: Array<string> = []
+    for (const stream of [child.stdout, child.stderr]) {
+      createInterface({ input: stream }).on("line", (line) => {
+        lines.push(line)
+        if (lines.length > 2000) lines.splice(0, 1000)
+      })
+    }
+    child.once("error", (error: NodeJS.ErrnoException) =>
+      reject(error.code === "ENOENT" ? new Error(`${command} is not installed or not on PATH`) : error)
+    )
+    child.once("spawn", () => {
+      const pid = child.pid!
+      groups.add(pid)
+      const exit = exitOf(child)
+      let hasExited = false
+      void exit.then(() => {
+        hasExited = true
+        groups.delete(pid)
+      })
+      const stop = async (timeoutMs = 15_000) => {
+        if (!hasExited) signalGroup(pid, "SIGTERM")
+        const outcome = await Promise.race([exit, sleep(timeoutMs).then(() => undefined)])
+        if (outcome !== undefined) return outcome.code
+        signalGroup(pid, "SIGKILL")
+        await exit
+        return null
+      }
+      resolvePromise({ pid, lines, exited: () => hasExited, stop })
+    })
+  })
+
+const tail = (lines: ReadonlyArray<string>) => lines.slice(-20).join("\n")
+
+export interface RedisNode {
+  readonly name: string
+  readonly pid: number
+  readonly port: number
+  readonly url: string
+  /** The harness's own connection: INFO, FLUSHALL and the direct-ioredis baselines' setup. */
+  readonly admin: Redis
+  readonly version: string
+  readonly stop: () => Promise<void>
+}
+
+const listening = (port: number) =>
+  new Promise<boolean>((resolve) => {
+    const socket = createConnection({ port, host: "127.0.0.1" })
+    socket.once("connect", () => {
+      socket.destroy()
+      resolve(true)
+    })
+    socket.once("error", () => resolve(false))
+  })
+
+const connect = (port: number) => {
+  const client = new Redis({ port, host: "127.0.0.1", lazyConnect: true, maxRetriesPerRequest: 1 })
+  client.on("error", () => {})
+  return client
+}
+
+/** A throwaway redis-server on a free loopback port, AOF on, in a temporary directory removed on stop. */
+export const startRedis = async (name: string, fsync: "everysec" | "always"): Promise<RedisNode> => {
+  const port = await freePort()
+  const dir = mkdtempSync(join(tmpdir(), `livepoll-bench-redis-${port}-`))
+  const args = ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--save", ""]
+  const child = await launch("redis-server", [...args, "--appendonly", "yes", "--appendfsync", fsync], process.env)
+  const admin = connect(port)
+  const stop = async () => {
+    admin.disconnect()
+    await child.stop(5000)
+    rmSync(dir, { recursive: true, force: true })
+  }
+  const remove = onStop(stop)
+  const deadline = Date.now() + 10_000
+  while (!(await listening(port))) {
+    if (child.exited() || Date.now() > deadline) {
+      await stop()
+      remove()
+      throw new Error(`redis-server on port ${port} did not start:\n${tail(child.lines)}`)
+    }
+    await sleep(50)
+  }
+  await admin.connect()
+  const info = await admin.info("server")
+  const version = /redis_version:(\S+)/.exec(info)?.[1] ?? "unknown"
+  return {
+    name,
+    pid: child.pid,
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    admin,
+    version,
+    stop: async () => {
+      remove()
+      await stop()
+    }
+  }
+}
+
+/** The variables the app reads: each run states its own and inherits none from the shell. */
+const APP_VARIABLES = [
+  "PORT",
+  "HOST",
+  "POLL_STAGE",
+  "REDIS_URL",
+  "REDIS_NODES",
+  "CACHE_TTL_MS",
+  "FLUSH_INTERVAL_MS",
+  "JOURNAL_DIR",
+  "NODE_OPTIONS"
+]
+
+const cleanEnv = (env: Readonly<Record<string, string>>): NodeJS.ProcessEnv => {
+  const base: NodeJS.ProcessEnv = { ...process.env }
+  for (const name of APP_VARIABLES) delete base[name]
+  return { ...base, ...env }
+}
+
+export interface Server {
+  readonly pid: number
+  readonly port: number
+  readonly url: string
+  /** Stops the process (SIGTERM, so the app flushes its buffer) and resolves with its exit code. */
+  readonly stop: () => Promise<number | null>
+  readonly output: () => string
+}
+
+const answers = async (url: string) => {
+  try {
+    const response = await fetch(url, { signal: AbortSignal.timeout(2000) })
+    await response.arrayBuffer()
+    return response.status === 200
+  } catch {
+    return false
+  }
+}
+
+/** Starts a server process and waits until every path in `ready` answers 200. */
+const startServer = async (
+  what: string,
+  command: string,
+  args: ReadonlyArray<string>,
+  env: Readonly<Record<string, string>>,
+  ready: ReadonlyArray<string>,
+  timeoutMs = 30_000
+): Promise<Server> => {
+  const port = await freePort()
+  const url = `http://127.0.0.1:${port}`
+  const child = await launch(command, args, cleanEnv({ ...env, HOST: "127.0.0.1", PORT: String(port) }))
+  const remove = onStop(async () => void (await child.stop()))
+  const deadline = Date.now() + timeoutMs
+  for (const path of ready) {
+    while (!(await answers(url + path))) {
+      if (child.exited() || Date.now() > deadline) {
+        await child.stop()
+        remove()
+        throw new Error(`${what} did not answer GET ${path} with 200:\n${tail(child.lines)}`)
+      }
+      await sleep(50)
+    }
+  }
+  return {
+    pid: child.pid,
+    port,
+    url,
+    output: () => child.lines.join("\n"),
+    stop: async () => {
+      remove()
+      return child.stop()
+    }
+  }
+}
+
+let appEntry: string | undefined
+
+/**
+ * Copies dist/ aside and runs the app from the copy, so a rebuild during the run cannot change (or break) what is
+ * measured. The copy sits under node_modules/.cache, where the app's imports still resolve.
+ */
+export const snapshotBuild = (): string => {
+  if (!existsSync(APP_ENTRY)) {
+    throw new Error(`${APP_ENTRY} is missing: run \`npm run build\` first (the benchmark runs the compiled app)`)
+  }
+  const dir = join(ROOT, "node_modules", ".cache", `livepoll-bench-${process.pid}`)
+  cpSync(join(ROOT, "dist"), join(dir, "dist"), { recursive: true })
+  onStop(async () => rmSync(dir, { recursive: true, force: true }))
+  process.once("exit", () => rmSync(dir, { recursive: true, force: true }))
+  appEntry = join(dir, "dist", "main.js")
+  return appEntry
+}
+
+/**
+ * `node dist/main.js` for one stage, with the default cache TTL and flush interval. Ready once `GET /` answers and,
+ * with Redis behind it, `GET /health` too (the listener opens before the first Redis connection is made).
+ */
+export const startApp = (stage: string, nodes: ReadonlyArray<RedisNode>): Promise<Server> => {
+  const env: Record<string, string> = { POLL_STAGE: stage }
+  if (nodes.length > 0) {
+    env.REDIS_URL = nodes[0]!.url
+    env.REDIS_NODES = nodes.map((n) => n.url).join(",")
+  }
+  return startServer(
+    `the app (${stage})`,
+    process.execPath,
+    [appEntry ?? APP_ENTRY],
+    env,
+    nodes.length > 0 ? ["/", "/health"] : ["/"]
+  )
+}
+
+/** The ceiling: a bare node:http server doing the same counting in memory. */
+export const startBare = (): Promise<Server> =>
+  startServer("the bare node:http server", process.execPath, ["--import", "tsx", join(ROOT, "bench", "bare.ts")], {}, [
+    "/"
+  ])

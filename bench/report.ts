@@ -1,0 +1,192 @@
+import type { CommandUse } from "./commandstats.js"
+import type { Latency } from "./load.js"
+
+/** One measured line: a stage of the app, the bare node:http ceiling, or direct ioredis. */
+export interface Row {
+  readonly kind: "stage" | "bare" | "direct"
+  /** The stage name, `bare node:http`, or `ioredis HINCRBY` / `ioredis HINCRBY pipelined` (HGETALL for reads). */
+  readonly name: string
+  readonly workload: string
+  readonly connections: number
+  readonly seconds: number
+  /** 2xx answers (direct: successful commands). */
+  readonly requests: number
+  /** 2xx answers per second (direct: commands per second). */
+  readonly rps: number
+  /** `rps` divided by the bare node:http server's for the same workload in this run. */
+  readonly ratio: number | null
+  readonly latencyMs: Latency | null
+  readonly non2xx: number
+  readonly errors: number
+  /** Redis commands per 1,000 requests, all nodes summed; null where no Redis is involved. */
+  readonly redis: CommandUse | null
+  /** VmHWM of the server process at the end of the measurement (it is started afresh for each row). */
+  readonly peakRssMb: number | null
+  /** CPU time the server process used during the measurement, per second of it (1.0 = one core busy). */
+  readonly cpuCores: number | null
+  /**
+   * Cores kept busy during the measurement by processes other than the harness and those it started: on a shared
+   * machine, how much someone else's work took away (near 0 on a quiet machine).
+   */
+  readonly otherCores: number | null
+  /** The server's exit code after SIGTERM (the app flushes its buffer then); anything but 0 is worth a look. */
+  readonly exitCode: number | null
+  /** The server's last lines of output, when it did not exit cleanly. */
+  readonly log?: string
+}
+
+export interface RssCheck {
+  readonly stage: string
+  /** Votes answered 2xx, each to a poll of its own (until `distinctPolls` wraps). */
+  readonly votes: number
+  readonly distinctPolls: number
+  readonly seconds: number
+  readonly rps: number
+  readonly latencyMs: Latency
+  readonly non2xx: number
+  readonly errors: number
+  readonly startMb: number | null
+  /** At the sample nearest to half the votes. */
+  readonly middleMb: number | null
+  readonly endMb: number | null
+  readonly peakMb: number | null
+  readonly redis: CommandUse | null
+  /** RSS against votes answered so far, at most 100 points. */
+  readonly timeline: ReadonlyArray<{ readonly votes: number; readonly rssMb: number }>
+  readonly otherCores: number | null
+  readonly exitCode: number | null
+  /** The server's last lines of output, when it did not exit cleanly. */
+  readonly log?: string
+}
+
+export interface Target {
+  readonly target: string
+  readonly measured: string
+  readonly met: boolean
+}
+
+const fixed = (n: number | null | undefined, digits: number) =>
+  n === null || n === undefined || !Number.isFinite(n) ? "-" : n.toFixed(digits)
+
+const thousands = (n: number) => Math.round(n).toLocaleString("en-US")
+
+const table = (header: ReadonlyArray<string>, lines: ReadonlyArray<ReadonlyArray<string>>, left = 2) => {
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)))
+  const format = (cells: ReadonlyArray<string>) =>
+    cells.map((c, i) => (i < left ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ")
+  return [format(header), widths.map((w) => "-".repeat(w)).join("  "), ...lines.map(format)].join("\n")
+}
+
+export const formatRows = (rows: ReadonlyArray<Row>): string =>
+  table(
+    [
+      "workload",
+      "run",
+      "req/s",
+      "× bare",
+      "p50 ms",
+      "p99 ms",
+      "max ms",
+      "non-2xx",
+      "errors",
+      "redis cmds/1k",
+      "incl. Lua",
+      "peak RSS MB",
+      "CPU cores",
+      "other CPU"
+    ],
+    rows.map((r) => [
+      r.workload,
+      r.name,
+      thousands(r.rps),
+      fixed(r.ratio, 2),
+      fixed(r.latencyMs?.p50, 2),
+      fixed(r.latencyMs?.p99, 2),
+      fixed(r.latencyMs?.max, 1),
+      String(r.non2xx),
+      String(r.errors),
+      fixed(r.redis?.perThousand, 1),
+      fixed(r.redis?.allPerThousand, 1),
+      fixed(r.peakRssMb, 0),
+      fixed(r.cpuCores, 2),
+      fixed(r.otherCores, 2)
+    ])
+  )
+
+export const formatRss = (checks: ReadonlyArray<RssCheck>): string =>
+  table(
+    [
+      "stage",
+      "votes",
+      "req/s",
+      "p99 ms",
+      "non-2xx+err",
+      "RSS start MB",
+      "middle",
+      "end",
+      "peak",
+      "redis cmds/1k",
+      "other CPU"
+    ],
+    checks.map((c) => [
+      c.stage,
+      thousands(c.votes),
+      thousands(c.rps),
+      fixed(c.latencyMs.p99, 2),
+      String(c.non2xx + c.errors),
+      fixed(c.startMb, 0),
+      fixed(c.middleMb, 0),
+      fixed(c.endMb, 0),
+      fixed(c.peakMb, 0),
+      fixed(c.redis?.perThousand, 2),
+      fixed(c.redis?.allPerThousand, 2),
+      fixed(c.otherCores, 2)
+    ]),
+    1
+  )
+
+export const formatTargets = (targets: ReadonlyArray<Target>): string =>
+  targets.map((t) => `${t.met ? "met    " : "NOT met"}  ${t.target}: ${t.measured}`).join("\n")
+
+const VOTES = ["hot", "spread"]
+
+/** The benchmark issue's targets, judged on whatever rows this run has. */
+export const targets = (rows: ReadonlyArray<Row>, rss: ReadonlyArray<RssCheck>): Array<Target> => {
+  const out: Array<Target> = []
+  const stage = (name: string, workloads: ReadonlyArray<string>) =>
+    rows.filter((r) => r.kind === "stage" && r.name === name && workloads.includes(r.workload))
+  const each = (target: string, picked: ReadonlyArray<Row>, value: (r: Row) => number, ok: (v: number) => boolean) => {
+    if (picked.length === 0) return
+    out.push({
+      target,
+      measured: picked.map((r) => `${r.name}/${r.workload} ${fixed(value(r), 2)}`).join(", "),
+      met: picked.every((r) => ok(value(r)))
+    })
+  }
+  const ratio = (r: Row) => r.ratio ?? 0
+  each("batched votes ≥ 0.7× bare", stage("batched", VOTES), ratio, (v) => v >= 0.7)
+  each("full votes ≥ 0.7× bare", stage("full", VOTES), ratio, (v) => v >= 0.7)
+  each("cached hot reads ≥ 0.7× bare", stage("cached", ["read"]), ratio, (v) => v >= 0.7)
+  const sent = rows.every((r) => r.redis === null || r.redis.perThousand !== null)
+  each(
+    `batched hot poll ≤ 1 Redis command per 1,000 votes (${sent ? "commands sent; a script call counts once" : "every command executed, Lua-internal ones included"})`,
+    stage("batched", ["hot"]),
+    (r) => r.redis?.perThousand ?? r.redis?.allPerThousand ?? Infinity,
+    (v) => v <= 1
+  )
+  each(
+    "p99 < 5 ms (batched votes, cached reads, full)",
+    [...stage("batched", VOTES), ...stage("cached", ["read"]), ...stage("full", [...VOTES, "read"])],
+    (r) => r.latencyMs?.p99 ?? Infinity,
+    (v) => v < 5
+  )
+  for (const c of rss) {
+    if (c.middleMb === null || c.endMb === null) continue
+    out.push({
+      target: `${c.stage}: RSS flat over ${thousands(c.votes)} votes on distinct polls (end ≤ 1.2 × middle)`,
+      measured: `start ${fixed(c.startMb, 0)} MB, middle ${fixed(c.middleMb, 0)} MB, end ${fixed(c.endMb, 0)} MB`,
+      met: c.endMb <= 1.2 * c.middleMb
+    })
+  }
+  return out
+}

@@ -1,0 +1,417 @@
+/**
+ * `npm run bench`: every stage of the app as a real process, under the same load as a bare node:http server and
+ * direct ioredis, in one run, on loopback. Prints a table, writes <out>/latest.json and <out>/latest.svg.
+ */
+import { execFileSync } from "node:child_process"
+import { mkdirSync, writeFileSync } from "node:fs"
+import { arch, availableParallelism, cpus, release, totalmem } from "node:os"
+import { join, resolve } from "node:path"
+import * as Chart from "./chart.js"
+import * as Commandstats from "./commandstats.js"
+import * as Direct from "./direct.js"
+import * as Load from "./load.js"
+import * as Monitor from "./monitor.js"
+import { type Options, parse, RSS_STAGES, type Stage, usage, type Workload } from "./options.js"
+import * as Proc from "./proc.js"
+import * as Processes from "./processes.js"
+import { formatRows, formatRss, formatTargets, type Row, type RssCheck, targets } from "./report.js"
+
+const log = (message: string) => process.stderr.write(`${message}\n`)
+const lastLines = (output: string) => output.split("\n").slice(-30).join("\n")
+
+const SHARDED: ReadonlyArray<Stage> = ["sharded", "full"]
+/** Cores of other work on the machine past which a row is called skewed. */
+const BUSY = 0.2
+/** How often the server's memory and CPU are read during a measurement. */
+const SAMPLE_MS = 250
+
+let interrupted = false
+
+interface Nodes {
+  readonly first: Processes.RedisNode | undefined
+  readonly second: Processes.RedisNode | undefined
+}
+
+const nodesOf = (stage: Stage, nodes: Nodes): Array<Processes.RedisNode> => {
+  if (stage === "memory") return []
+  const picked = SHARDED.includes(stage) ? [nodes.first, nodes.second] : [nodes.first]
+  return picked.filter((n): n is Processes.RedisNode => n !== undefined)
+}
+
+const flushAll = (nodes: Nodes) =>
+  Promise.all([nodes.first, nodes.second].flatMap((n) => (n ? [n.admin.flushall()] : [])))
+
+/** MONITOR on each node, unless `--no-monitor`. */
+const watchAll = (options: Options, nodes: ReadonlyArray<Processes.RedisNode>) =>
+  options.monitor ? Promise.all(nodes.map((n) => Monitor.watch(n.port, n.admin))) : Promise.resolve([])
+
+const stopAll = async (monitors: ReadonlyArray<Monitor.Watch>) =>
+  monitors.length > 0 ? Monitor.sum(await Promise.all(monitors.map((m) => m.stop()))) : undefined
+
+/** A few votes on the hot poll so reads have something to read. */
+const seed = async (url: string) => {
+  for (const option of Load.OPTIONS) {
+    const response = await fetch(`${url}/vote/${Load.HOT_POLL}`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ option_id: option })
+    })
+    await response.arrayBuffer()
+    if (response.status !== 200) throw new Error(`seeding the hot poll answered ${response.status}`)
+  }
+}
+
+/** One server (a stage of the app, or the bare server) under one workload: started fresh, measured, stopped. */
+const measure = async (
+  options: Options,
+  kind: "stage" | "bare",
+  name: string,
+  workload: Workload,
+  server: Processes.Server,
+  redisNodes: ReadonlyArray<Processes.RedisNode>
+): Promise<Omit<Row, "ratio">> => {
+  const reqs = Load.requests(workload, Load.SPREAD_POLLS)
+  const drive = { connections: options.connections }
+  if (workload === "read") await seed(server.url)
+  if (options.warmup > 0) await Load.drive(server.url, reqs, { ...drive, seconds: options.warmup })
+  const admins = redisNodes.map((n) => n.admin)
+  const monitors = await watchAll(options, redisNodes)
+  const before = admins.length > 0 ? await Commandstats.readAll(admins) : undefined
+  const watcher = Proc.watch(server.pid, SAMPLE_MS)
+  const other = Proc.otherLoad()
+  const load = await Load.drive(server.url, reqs, { ...drive, seconds: options.duration })
+  const otherCores = other()
+  const samples = watcher.stop()
+  const exitCode = await server.stop()
+  if (exitCode !== 0) log(`${name} exited with code ${exitCode}; its last lines:\n${lastLines(server.output())}`)
+  // After the exit, so the final flush of a write-behind buffer is counted with the votes it carries.
+  const redis = before
+    ? Commandstats.use(before, await Commandstats.readAll(admins), load.ok, await stopAll(monitors))
+    : null
+  const first = samples[0]
+  const last = samples.at(-1)
+  return {
+    kind,
+    name,
+    workload,
+    connections: options.connections,
+    seconds: load.seconds,
+    requests: load.ok,
+    rps: load.rps,
+    latencyMs: load.latencyMs,
+    non2xx: load.non2xx,
+    errors: load.errors,
+    redis,
+    peakRssMb: last?.peakRssMb ?? null,
+    cpuCores: first && last && last.at > first.at ? (last.cpuSeconds - first.cpuSeconds) / load.seconds : null,
+    otherCores: otherCores ?? null,
+    exitCode,
+    ...(exitCode !== 0 ? { log: lastLines(server.output()) } : {})
+  }
+}
+
+const runStage = async (options: Options, stage: Stage, workload: Workload, nodes: Nodes) => {
+  await flushAll(nodes)
+  const redisNodes = nodesOf(stage, nodes)
+  const app = await Processes.startApp(stage, redisNodes)
+  try {
+    return await measure(options, "stage", stage, workload, app, redisNodes)
+  } finally {
+    await app.stop()
+  }
+}
+
+const runBare = async (options: Options, workload: Workload) => {
+  const bare = await Processes.startBare()
+  try {
+    return await measure(options, "bare", "bare node:http", workload, bare, [])
+  } finally {
+    await bare.stop()
+  }
+}
+
+const runDirect = async (
+  options: Options,
+  workload: "hot" | "spread" | "read",
+  mode: "unpipelined" | "pipelined",
+  node: Processes.RedisNode
+): Promise<Omit<Row, "ratio">> => {
+  const before = await Commandstats.read(node.admin)
+  const other = Proc.otherLoad()
+  const result = await Direct.run(node.url, workload, mode, {
+    seconds: options.duration,
+    concurrency: options.connections,
+    stopped: () => interrupted
+  })
+  const otherCores = other()
+  const after = await Commandstats.read(node.admin)
+  // The harness sends these itself, with no script: what Redis executed is what was sent.
+  const redis = Commandstats.use(before, after, result.ops, Commandstats.diff(before, after))
+  return {
+    kind: "direct",
+    name: `ioredis ${result.command}${mode === "pipelined" ? ` pipelined ×${Direct.PIPELINE_SIZE}` : ""}`,
+    workload,
+    connections: mode === "pipelined" ? 1 : options.connections,
+    seconds: result.seconds,
+    requests: result.ops,
+    rps: result.opsPerSecond,
+    latencyMs: null,
+    non2xx: 0,
+    errors: result.errors,
+    redis,
+    peakRssMb: null,
+    cpuCores: null,
+    otherCores: otherCores ?? null,
+    exitCode: null
+  }
+}
+
+/** Votes on `rssVotes` distinct polls, watching the app's memory as they go. */
+const runRss = async (options: Options, stage: Stage, nodes: Nodes): Promise<RssCheck> => {
+  await flushAll(nodes)
+  const redisNodes = nodesOf(stage, nodes)
+  const app = await Processes.startApp(stage, redisNodes)
+  try {
+    const admins = redisNodes.map((n) => n.admin)
+    const monitors = await watchAll(options, redisNodes)
+    const before = await Commandstats.readAll(admins)
+    const running = Load.start(app.url, Load.requests("spread1m", options.rssVotes), {
+      connections: options.connections,
+      seconds: options.rssMaxSeconds,
+      amount: options.rssVotes
+    })
+    const watcher = Proc.watch(app.pid, 500, running.completed)
+    const other = Proc.otherLoad()
+    const progress = setInterval(
+      () =>
+        log(
+          `  ${stage}: ${running.completed().toLocaleString("en-US")} votes, RSS ${Proc.sample(app.pid)?.rssMb.toFixed(0)} MB`
+        ),
+      10_000
+    )
+    const load = await running.done.finally(() => clearInterval(progress))
+    const otherCores = other()
+    const samples = watcher.stop()
+    const exitCode = await app.stop()
+    if (exitCode !== 0) log(`${stage} exited with code ${exitCode}; its last lines:\n${lastLines(app.output())}`)
+    const redis = Commandstats.use(before, await Commandstats.readAll(admins), load.ok, await stopAll(monitors))
+    const middle = samples.reduce<(typeof samples)[number] | undefined>(
+      (best, s) =>
+        best === undefined || Math.abs(s.note - load.ok / 2) < Math.abs(best.note - load.ok / 2) ? s : best,
+      undefined
+    )
+    const step = Math.max(1, Math.ceil(samples.length / 100))
+    return {
+      stage,
+      votes: load.ok,
+      distinctPolls: Math.min(load.ok, options.rssVotes),
+      seconds: load.seconds,
+      rps: load.rps,
+      latencyMs: load.latencyMs,
+      non2xx: load.non2xx,
+      errors: load.errors,
+      startMb: samples[0]?.rssMb ?? null,
+      middleMb: middle?.rssMb ?? null,
+      endMb: samples.at(-1)?.rssMb ?? null,
+      peakMb: samples.at(-1)?.peakRssMb ?? null,
+      redis,
+      timeline: samples
+        .filter((_, i) => i % step === 0 || i === samples.length - 1)
+        .map((s) => ({ votes: s.note, rssMb: Math.round(s.rssMb * 10) / 10 })),
+      otherCores: otherCores ?? null,
+      exitCode,
+      ...(exitCode !== 0 ? { log: lastLines(app.output()) } : {})
+    }
+  } finally {
+    await app.stop()
+  }
+}
+
+const git = (...args: Array<string>) => {
+  try {
+    return execFileSync("git", args, {
+      cwd: Processes.ROOT,
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"]
+    }).trim()
+  } catch {
+    return undefined
+  }
+}
+
+const machine = (redisVersion: string | undefined) => ({
+  cpu: cpus()[0]?.model ?? "unknown",
+  cores: availableParallelism(),
+  memoryGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
+  os: `${process.platform} ${release()} ${arch()}`,
+  node: process.version,
+  redis: redisVersion ?? null
+})
+
+/** An upper bound on the whole run; past it the harness stops everything and fails. */
+const timeBudgetMs = (options: Options, throughputWorkloads: number, rssStages: number) => {
+  const perServer = options.warmup + options.duration + 20
+  const servers = throughputWorkloads * (1 + options.stages.length)
+  const direct = throughputWorkloads * 2 * (options.duration + 5)
+  const rss = rssStages * (options.rssMaxSeconds + 30)
+  return (2 * (servers * perServer + direct + rss) + 120) * 1000
+}
+
+const main = async (argv: ReadonlyArray<string>) => {
+  let options: Options | undefined
+  try {
+    options = parse(argv)
+  } catch (error) {
+    log(`${(error as Error).message}\n\n${usage}`)
+    return 2
+  }
+  if (options === undefined) {
+    process.stdout.write(usage)
+    return 0
+  }
+  Processes.snapshotBuild()
+  // Before anything starts, so a bad --out fails at once.
+  const out = resolve(Processes.ROOT, options.out)
+  mkdirSync(out, { recursive: true })
+
+  const throughput = options.workloads.filter((w): w is "hot" | "spread" | "read" => w !== "spread1m")
+  const rssStages = options.workloads.includes("spread1m") ? options.stages.filter((s) => RSS_STAGES.includes(s)) : []
+  if (options.workloads.includes("spread1m") && rssStages.length === 0) {
+    log(`spread1m runs on the ${RSS_STAGES.join(" and ")} stages only; none of them is selected`)
+  }
+  const budget = timeBudgetMs(options, throughput.length, rssStages.length)
+  const watchdog = setTimeout(() => {
+    log(`the benchmark ran past its time bound of ${Math.round(budget / 1000)} s; stopping`)
+    Load.stopAllLoads()
+    void Processes.stopAll().finally(() => process.exit(1))
+  }, budget)
+  watchdog.unref()
+
+  const needSecond = [...options.stages, ...rssStages].some((s) => SHARDED.includes(s))
+  const needFirst = throughput.length > 0 || [...options.stages, ...rssStages].some((s) => s !== "memory")
+  const first = needFirst ? await Processes.startRedis("redis-1", options.fsync) : undefined
+  const second = needSecond ? await Processes.startRedis("redis-2", options.fsync) : undefined
+  const nodes: Nodes = { first, second }
+
+  const rows: Array<Row> = []
+  for (const workload of throughput) {
+    log(`workload ${workload}: bare node:http`)
+    const bare = await runBare(options, workload)
+    const ratio = (rps: number) => (bare.rps > 0 ? rps / bare.rps : null)
+    rows.push({ ...bare, ratio: ratio(bare.rps) })
+    for (const stage of options.stages) {
+      if (interrupted) break
+      log(`workload ${workload}: stage ${stage}`)
+      const row = await runStage(options, stage, workload, nodes)
+      rows.push({ ...row, ratio: ratio(row.rps) })
+    }
+    if (first !== undefined) {
+      for (const mode of ["unpipelined", "pipelined"] as const) {
+        if (interrupted) break
+        log(`workload ${workload}: direct ioredis, ${mode}`)
+        const row = await runDirect(options, workload, mode, first)
+        rows.push({ ...row, ratio: ratio(row.rps) })
+      }
+    }
+    if (interrupted) break
+  }
+  const rss: Array<RssCheck> = []
+  for (const stage of rssStages) {
+    if (interrupted) break
+    log(`workload spread1m: stage ${stage} (${options.rssVotes.toLocaleString("en-US")} votes, distinct polls)`)
+    rss.push(await runRss(options, stage, nodes))
+  }
+  if (interrupted) return 130
+
+  const met = targets(rows, rss)
+  const report = {
+    date: new Date().toISOString(),
+    command: `npm run bench${argv.length > 0 ? ` -- ${argv.join(" ")}` : ""}`,
+    commit: git("rev-parse", "--short", "HEAD") ?? null,
+    machine: machine(first?.version ?? second?.version),
+    options,
+    definitions: {
+      rps: "2xx answers per second over the measured window (direct ioredis: commands per second)",
+      ratio: "rps divided by the bare node:http server's rps for the same workload in this run",
+      latencyMs: "of 2xx answers, from autocannon's per-response times, in milliseconds",
+      redis:
+        "per 1,000 2xx answers, all Redis nodes of the stage summed, from the start of the measured window until the app has exited (its final flush included). perThousand and byCommand: the commands clients sent, a script call (EVALSHA) counting once, counted with MONITOR (whose lines tell a script's own commands apart); allPerThousand and allByCommand: every command Redis executed, those scripts ran inside included, from INFO commandstats; INFO, ECHO, MONITOR, QUIT, CLIENT, CONFIG, COMMAND, HELLO, SELECT and FLUSHALL are left out of both",
+      peakRssMb: "VmHWM of the server process, which is started afresh for each row (warm-up included)",
+      cpuCores: "CPU seconds the server process used during the measured window, per second",
+      otherCores:
+        "cores kept busy during the window by processes other than the harness and those it started (the machine's busy time in /proc/stat minus our process tree's): other work on a shared machine; near 0 when the machine was quiet",
+      redisServer: `redis-server with AOF on, appendfsync ${options.fsync}, on loopback; the load generator (autocannon) runs in the harness process on the same machine`
+    },
+    rows,
+    rss,
+    targets: met
+  }
+
+  writeFileSync(join(out, "latest.json"), `${JSON.stringify(report, null, 2)}\n`)
+  const m = report.machine
+  const busiest = Math.max(0, ...rows.map((r) => r.otherCores ?? 0), ...rss.map((r) => r.otherCores ?? 0))
+  const bars = rows
+    .filter((r) => r.kind !== "direct" && r.ratio !== null)
+    .map((r) => ({ stage: r.name, workload: r.workload, ratio: r.ratio! }))
+  // A run of the memory check alone has no throughput to chart; the last chart stays as it was.
+  const charted = bars.length > 0
+  if (charted) {
+    const svg = await Chart.render(bars, {
+      stages: ["bare node:http", ...options.stages],
+      workloads: throughput,
+      subtitle: [
+        `${options.connections} connections, ${options.duration} s per bar; ${m.cores} cores, ${m.memoryGiB} GiB, ${m.cpu}; Node ${m.node}, Redis ${m.redis ?? "-"}; ${report.date.slice(0, 10)}`,
+        ...(busiest > BUSY
+          ? [`other work on the machine took up to ${busiest.toFixed(2)} cores during a bar: skewed`]
+          : [])
+      ]
+    })
+    writeFileSync(join(out, "latest.svg"), svg)
+  }
+
+  const print = (text: string) => process.stdout.write(`${text}\n`)
+  print(
+    `\nlivepoll benchmark: ${options.connections} connections, ${throughput.length > 0 ? `${options.duration} s per row (+${options.warmup} s warm-up)` : `${options.rssVotes.toLocaleString("en-US")} votes on distinct polls per stage, at most ${options.rssMaxSeconds} s`}; ${m.cores} cores, ${m.memoryGiB} GiB, Node ${m.node}, Redis ${m.redis ?? "-"}\n`
+  )
+  if (busiest > BUSY) {
+    print(
+      `note: other work on this machine took up to ${busiest.toFixed(2)} cores during a row ("other CPU"): those rows are skewed\n`
+    )
+  }
+  if (rows.length > 0) print(formatRows(rows))
+  if (rss.length > 0) print(`\n${formatRss(rss)}`)
+  if (met.length > 0) print(`\ntargets:\n${formatTargets(met)}`)
+  print(`\nwrote ${join(options.out, "latest.json")}${charted ? ` and ${join(options.out, "latest.svg")}` : ""}`)
+  const troubled = [...rows, ...rss].filter((r) => r.exitCode !== null && r.exitCode !== 0)
+  for (const r of troubled) {
+    const what = "name" in r ? `${r.name}/${r.workload}` : `${r.stage}/spread1m`
+    print(`note: ${what} did not exit cleanly (code ${r.exitCode}): its output is in the JSON's "log"`)
+  }
+  return 0
+}
+
+const stopOnSignal = (signal: NodeJS.Signals) => {
+  process.on(signal, () => {
+    if (interrupted) return
+    interrupted = true
+    log(`\n${signal}: stopping the load and every process started`)
+    Load.stopAllLoads()
+    void Processes.stopAll().finally(() => process.exit(130))
+  })
+}
+stopOnSignal("SIGINT")
+stopOnSignal("SIGTERM")
+
+main(process.argv.slice(2))
+  .then(
+    (code) => code,
+    (error: unknown) => {
+      if (interrupted) return 130
+      log(error instanceof Error ? (error.stack ?? error.message) : String(error))
+      return 1
+    }
+  )
+  .then(async (code) => {
+    await Processes.stopAll()
+    process.exit(code)
+  })
