@@ -1,4 +1,4 @@
-import { Duration, Effect, Fiber, Layer, Runtime, Schedule, Schema } from "effect"
+import { Duration, Effect, Layer, Runtime, Schedule, Schema } from "effect"
 import type { PollId, VoterId } from "../Domain.js"
 import { PollDefinition, PollExists, PollNotFound } from "../Domain.js"
 import type { PollsShape } from "../Polls.js"
@@ -13,15 +13,15 @@ export const votersKey = (pollId: string) => `poll:{${pollId}}:voters`
 export const INDEX_KEY = "livepoll:polls"
 const CREATED_CHANNEL = "livepoll:poll-created"
 const CLOSED_CHANNEL = "livepoll:poll-closed"
-/** How long `create` waits to hear its own announcement back (see `create`). */
-const ECHO_WAIT_MS = 500
+const ACK_CHANNEL = "livepoll:poll-created-ack"
+/** How long `create` waits for every instance to confirm it knows the new poll (see `create`). */
+const ACK_WAIT_MS = 1000
 const RESYNC_MS = 5000
 
 const CREATE_SCRIPT = `
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
 redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('PUBLISH', '${CREATED_CHANNEL}', ARGV[2])
-return 1`
+return 1 + redis.call('PUBLISH', '${CREATED_CHANNEL}', ARGV[2])`
 
 const CLOSE_SCRIPT = `
 local poll = redis.call('GET', KEYS[1])
@@ -54,10 +54,12 @@ export const make = Effect.fn("Polls.redis.make")(function* (nodes: ReadonlyArra
     decode(text).pipe(Effect.orDieWith((e) => new Error(`stored definition of poll ${pollId} is malformed: ${e}`)))
 
   // Which polls are defined: loaded at start, told of new ones over pub/sub, and re-read every few seconds in case
-  // a message was missed while a node was away. `create` answers only once its own announcement has come back, by
-  // when every instance's connection has been handed the same message.
+  // a message was missed while a node was away. Every instance confirms each announcement (an ack on the same node),
+  // and `create` answers only when all the instances the announcement reached have confirmed: after a 201, no
+  // instance takes the poll for an ad-hoc one. (An instance cut off from the node does not confirm; `create` gives
+  // up waiting after ACK_WAIT_MS, and that instance learns of the poll when it resyncs.)
   const defined = new Set<string>()
-  const echoes = new Map<string, () => void>()
+  const acks = new Map<string, () => void>()
   let invalidate: (pollId: PollId) => Effect.Effect<void> = () => Effect.void
   const resync = Effect.forEach(
     clients.values(),
@@ -72,14 +74,16 @@ export const make = Effect.fn("Polls.redis.make")(function* (nodes: ReadonlyArra
   yield* resync.pipe(Effect.schedule(Schedule.spaced(Duration.millis(RESYNC_MS))), Effect.forkScoped)
   for (const node of nodes) {
     const subscriber = yield* RedisClient.acquire(node, { subscriber: true })
+    const { client, call } = clients.get(node.name)!
     subscriber.on("message", (channel: string, pollId: string) => {
+      if (channel === ACK_CHANNEL) return acks.get(pollId)?.()
       if (channel === CREATED_CHANNEL) {
         defined.add(pollId)
-        echoes.get(pollId)?.()
+        runFork(Effect.ignore(call("confirm poll", () => client.publish(ACK_CHANNEL, pollId))))
       }
       runFork(invalidate(pollId as PollId))
     })
-    subscriber.subscribe(CREATED_CHANNEL, CLOSED_CHANNEL).catch(() => {
+    subscriber.subscribe(CREATED_CHANNEL, CLOSED_CHANNEL, ACK_CHANNEL).catch(() => {
       // ioredis subscribes again by itself once the node is back.
     })
   }
@@ -91,54 +95,38 @@ export const make = Effect.fn("Polls.redis.make")(function* (nodes: ReadonlyArra
     )
   }
 
-  // A poll id this instance has not heard of is ad hoc, unless its announcement is already waiting in a socket:
-  // `create` answers only after its own copy came back, and Redis hands every subscriber the message at the same
-  // moment, so by the time a client can act on a 201 the message is readable here. Waiting for the rest of this
-  // turn of the event loop (one setImmediate, shared by every vote in it) lets it be read before deciding.
-  let waiting: Array<() => void> | undefined
-  const afterReadyMessages = Effect.async<void>((resume) => {
-    if (waiting === undefined) {
-      const batch: Array<() => void> = (waiting = [])
-      setImmediate(() => {
-        waiting = undefined
-        for (const wake of batch) wake()
-      })
-    }
-    waiting.push(() => resume(Effect.void))
-  })
-
   const shape: PollsShape = {
     create: (poll) => {
       const { client, call } = nodeFor(poll.id)
       const create = (client as unknown as { livepollCreate: (...a: Array<string>) => Promise<number> }).livepollCreate
-      const echo = Effect.async<void>((resume) => {
-        const done = () => {
+      let confirmed = 0
+      let expected = Infinity
+      let wake: (() => void) | undefined
+      acks.set(poll.id, () => {
+        if (++confirmed >= expected) wake?.()
+      })
+      const allConfirmed = Effect.async<void>((resume) => {
+        if (confirmed >= expected) return resume(Effect.void)
+        const timer = setTimeout(() => resume(Effect.void), ACK_WAIT_MS)
+        wake = () => {
           clearTimeout(timer)
-          echoes.delete(poll.id)
           resume(Effect.void)
         }
-        const timer = setTimeout(done, ECHO_WAIT_MS)
-        echoes.set(poll.id, done)
       })
-      return Effect.fork(echo).pipe(
-        Effect.flatMap((heard) =>
-          call("create poll", () =>
-            create.call(client, definitionKey(poll.id), INDEX_KEY, JSON.stringify(poll), poll.id)
-          ).pipe(
-            Effect.flatMap((ok) => (ok === 0 ? new PollExists({ pollId: poll.id }) : Effect.succeed(poll))),
-            Effect.tap(() => defined.add(poll.id)),
-            Effect.zipLeft(Fiber.join(heard)),
-            Effect.onError(() => Fiber.interrupt(heard))
-          )
-        )
+      return call("create poll", () =>
+        create.call(client, definitionKey(poll.id), INDEX_KEY, JSON.stringify(poll), poll.id)
+      ).pipe(
+        Effect.flatMap((result) => {
+          if (result === 0) return new PollExists({ pollId: poll.id })
+          defined.add(poll.id)
+          // The script's answer is 1 + the number of connections the announcement reached: one per instance.
+          expected = result - 1
+          return Effect.as(allConfirmed, poll)
+        }),
+        Effect.ensuring(Effect.sync(() => acks.delete(poll.id)))
       )
     },
-    get: (pollId, fresh) => {
-      if (!defined.has(pollId) && !fresh) {
-        return Effect.flatMap(afterReadyMessages, () => (defined.has(pollId) ? read(pollId) : Effect.succeedNone))
-      }
-      return read(pollId)
-    },
+    get: (pollId, fresh) => (defined.has(pollId) || fresh ? read(pollId) : Effect.succeedNone),
     mayBeDefined: (pollId) => defined.has(pollId),
     close: (pollId) => {
       const { client, call } = nodeFor(pollId)
