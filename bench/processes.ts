@@ -7,6 +7,7 @@ import { createInterface } from "node:readline"
 import { fileURLToPath } from "node:url"
 import { Redis } from "ioredis"
 import { freePort } from "../test/support/redis.js"
+import * as Config from "../src/Config.js"
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), "../..")
 export const APP_ENTRY = join(ROOT, "dist", "main.js")
@@ -167,17 +168,7 @@ export const startRedis = async (name: string, fsync: "everysec" | "always"): Pr
 }
 
 /** The variables the app reads: each run states its own and inherits none from the shell. */
-const APP_VARIABLES = [
-  "PORT",
-  "HOST",
-  "POLL_STAGE",
-  "REDIS_URL",
-  "REDIS_NODES",
-  "CACHE_TTL_MS",
-  "FLUSH_INTERVAL_MS",
-  "JOURNAL_DIR",
-  "NODE_OPTIONS"
-]
+const APP_VARIABLES = [...Config.VARIABLES, "NODE_OPTIONS"]
 
 const cleanEnv = (env: Readonly<Record<string, string>>): NodeJS.ProcessEnv => {
   const base: NodeJS.ProcessEnv = { ...process.env }

@@ -1,6 +1,18 @@
 import { Config, ConfigError, Either } from "effect"
 
 export const STAGES = ["memory", "redis", "cached", "batched", "sharded", "full"] as const
+
+/** Every environment variable the app reads. */
+export const VARIABLES = [
+  "PORT",
+  "HOST",
+  "POLL_STAGE",
+  "REDIS_URL",
+  "REDIS_NODES",
+  "CACHE_TTL_MS",
+  "FLUSH_INTERVAL_MS",
+  "JOURNAL_DIR"
+] as const
 export type Stage = (typeof STAGES)[number]
 
 export interface RedisNode {

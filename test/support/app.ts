@@ -2,18 +2,10 @@ import { type ChildProcess, spawn } from "node:child_process"
 import { request as httpRequest } from "node:http"
 import { createInterface } from "node:readline"
 import { freePort } from "./redis.js"
+import * as Config from "../../src/Config.js"
 
 /** The variables the app reads; a test states each one it needs and never inherits them from the shell. */
-const APP_VARIABLES = [
-  "PORT",
-  "HOST",
-  "POLL_STAGE",
-  "REDIS_URL",
-  "REDIS_NODES",
-  "CACHE_TTL_MS",
-  "FLUSH_INTERVAL_MS",
-  "JOURNAL_DIR"
-] as const
+const APP_VARIABLES = Config.VARIABLES
 
 export interface AppOptions {
   /** Extra environment on top of the PORT chosen here, e.g. POLL_STAGE, REDIS_URL, CACHE_TTL_MS. */
@@ -119,18 +111,22 @@ const toReply = async (response: Response): Promise<Reply> => {
   return { status: response.status, headers: response.headers, text, json }
 }
 
-/** Starts the app as a child process and waits until `GET /` answers. */
-export const startApp = async (options: AppOptions = {}): Promise<App> => {
-  const port = options.port ?? (await freePort())
-  const baseUrl = `http://127.0.0.1:${port}`
+const spawnApp = (port: number, options: Pick<AppOptions, "env" | "built">) => {
   const [file, args] = command(options.built ?? false)
-  const child = spawn(file, args, {
+  return spawn(file, args, {
     cwd: process.cwd(),
     env: appEnv(port, options.env ?? {}),
     stdio: ["ignore", "pipe", "pipe"],
     // Its own process group, so a kill reaches the node process tsx starts as well.
     detached: true
   })
+}
+
+/** Starts the app as a child process and waits until `GET /` answers. */
+export const startApp = async (options: AppOptions = {}): Promise<App> => {
+  const port = options.port ?? (await freePort())
+  const baseUrl = `http://127.0.0.1:${port}`
+  const child = spawnApp(port, options)
   const lines: Array<string> = []
   const waiters = new Set<() => void>()
   collect(child, lines, () => waiters.forEach((w) => w()))
@@ -240,14 +236,7 @@ export const startApp = async (options: AppOptions = {}): Promise<App> => {
 export const runToExit = async (
   options: Pick<AppOptions, "env" | "built"> & { readonly timeoutMs?: number }
 ): Promise<{ code: number | null; output: string }> => {
-  const port = await freePort()
-  const [file, args] = command(options.built ?? false)
-  const child = spawn(file, args, {
-    cwd: process.cwd(),
-    env: appEnv(port, options.env ?? {}),
-    stdio: ["ignore", "pipe", "pipe"],
-    detached: true
-  })
+  const child = spawnApp(await freePort(), options)
   const lines: Array<string> = []
   collect(child, lines, () => {})
   const exited = exitOf(child)
