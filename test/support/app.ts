@@ -55,7 +55,7 @@ export interface App {
   readonly results: (pollId: string) => Promise<Reply>
   /** Sends `signal` to the app and resolves with its exit code once it has exited. */
   readonly stop: (signal?: NodeJS.Signals, timeoutMs?: number) => Promise<number | null>
-  /** SIGKILL to the app's whole process group (tsx runs the app in a child of its own). */
+  /** SIGKILL to the app's whole process group. */
   readonly kill: () => Promise<void>
 }
 
@@ -81,7 +81,9 @@ const appEnv = (port: number, env: Readonly<Record<string, string>>): NodeJS.Pro
 }
 
 const command = (built: boolean): [string, Array<string>] =>
-  built ? [process.execPath, ["dist/main.js"]] : ["node_modules/.bin/tsx", ["src/main.ts"]]
+  // `--import tsx` runs the app in this one process: the tsx launcher would put a relay in front of it, whose own
+  // handling of a signal (it ends with 143 if the app is slow to acknowledge) is not the app's.
+  built ? [process.execPath, ["dist/main.js"]] : [process.execPath, ["--import", "tsx", "src/main.ts"]]
 
 const exitOf = (child: ChildProcess): Promise<Exit> =>
   new Promise((resolve) => {
@@ -117,7 +119,7 @@ const spawnApp = (port: number, options: Pick<AppOptions, "env" | "built">) => {
     cwd: process.cwd(),
     env: appEnv(port, options.env ?? {}),
     stdio: ["ignore", "pipe", "pipe"],
-    // Its own process group, so a kill reaches the node process tsx starts as well.
+    // Its own process group, so a kill reaches anything the app started as well.
     detached: true
   })
 }
@@ -177,7 +179,7 @@ export const startApp = async (options: AppOptions = {}): Promise<App> => {
   }
 
   const stop = async (signal: NodeJS.Signals = "SIGTERM", timeoutMs = 10_000) => {
-    // Only the top process: tsx relays the signal to the app, and a second signal would end the app at once.
+    // One signal only: a second would end the app at once, before its final flush.
     if (!hasExited) child.kill(signal)
     const timer = sleep(timeoutMs).then(() => "timeout" as const)
     const outcome = await Promise.race([exited, timer])
