@@ -12,13 +12,11 @@ export type PollId = typeof PollId.Type
 export const OptionId = Identifier.pipe(Schema.brand("OptionId"))
 export type OptionId = typeof OptionId.Type
 
-export const VoteBody = Schema.Struct({
-  option_id: OptionId
-})
-export type VoteBody = typeof VoteBody.Type
-
 /** The contract's cap on distinct options per poll. */
 export const MAX_OPTIONS_PER_POLL = 256
+
+/** Polls in one write-behind batch: the buffer seals no more, and a store may refuse more. */
+export const MAX_POLLS_PER_BATCH = 500
 
 export type Counts = Readonly<Record<string, number>>
 

@@ -2,7 +2,7 @@ import { Clock, Context, Effect, Either, Exit, Layer, Option, ParseResult, Runti
 import { randomBytes } from "node:crypto"
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
 import type { PollDefinition, VoterId as VoterIdType } from "./Domain.js"
-import { PollDraft, PollId, VoteRequest, VoterId } from "./Domain.js"
+import { isOpen, PollDraft, PollId, VoteRequest, VoterId } from "./Domain.js"
 import { Feed, type FeedShape } from "./Feed.js"
 import * as LiveResults from "./LiveResults.js"
 import * as Page from "./Page.js"
@@ -118,8 +118,7 @@ const tallyBody = (pollId: string, t: Voting.Tally) =>
         closed: t.poll.closed
       }
 
-const pollBody = (poll: PollDefinition, now: number) => ({ ...poll, open: !poll.closed && isOpenAt(poll, now) })
-const isOpenAt = (poll: PollDefinition, now: number) => poll.closes_at === null || Date.parse(poll.closes_at) > now
+const pollBody = (poll: PollDefinition, now: number) => ({ ...poll, open: isOpen(poll, now) })
 
 /** The handlers, over the services they use (looked up once, not per request). */
 export const makeApi = (services: {

@@ -1,7 +1,7 @@
 import { Effect, Layer } from "effect"
 import type { Redis } from "ioredis"
 import type { Batch, OptionId, PollId } from "../Domain.js"
-import { MAX_OPTIONS_PER_POLL, TooManyOptions } from "../Domain.js"
+import { MAX_OPTIONS_PER_POLL, MAX_POLLS_PER_BATCH, TooManyOptions } from "../Domain.js"
 import * as RedisClient from "../RedisClient.js"
 import type { VoteStoreShape } from "../VoteStore.js"
 import { VoteStore } from "../VoteStore.js"
@@ -57,8 +57,7 @@ const withScripts = (client: Redis): LivepollRedis => {
   return client as LivepollRedis
 }
 
-/** Batches larger than this are refused: the write-behind buffer seals batches of at most this many polls. */
-export const MAX_POLLS_PER_BATCH = 500
+export { MAX_POLLS_PER_BATCH }
 
 const batchArgs = (batch: Batch): Array<string | number> => {
   const keys: Array<string> = [batchKey(batch.id)]

@@ -2,7 +2,7 @@ import { Cause, Duration, Effect, Exit, Layer, Schedule } from "effect"
 import type { Batch, Increments, OptionId, PollId, VoteError } from "../Domain.js"
 import * as Journal from "../Journal.js"
 import type { JournalShape } from "../Journal.js"
-import { addCounts, BufferFull, MAX_OPTIONS_PER_POLL, TooManyOptions } from "../Domain.js"
+import { addCounts, BufferFull, MAX_OPTIONS_PER_POLL, MAX_POLLS_PER_BATCH, TooManyOptions } from "../Domain.js"
 import type { VoteStoreShape } from "../VoteStore.js"
 import { InnerStore, VoteStore } from "../VoteStore.js"
 
@@ -66,7 +66,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
   journal: JournalShape = Journal.layerNoneService
 ) {
   const maxEntries = options.maxEntries ?? 200_000
-  const maxPollsPerBatch = options.maxPollsPerBatch ?? 500
+  const maxPollsPerBatch = options.maxPollsPerBatch ?? MAX_POLLS_PER_BATCH
   const instanceId = options.instanceId ?? crypto.randomUUID()
   const partitions = new Map<string, Partition>()
   let sequence = 0
