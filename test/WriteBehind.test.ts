@@ -255,6 +255,44 @@ describe("WriteBehind", () => {
       })
   )
 
+  it.scoped("a round flushes what was pending when it began; votes that arrive during it wait for the next", () =>
+    Effect.gen(function* () {
+      const inner = yield* makeInner()
+      // Each of the first five batches the store applies is followed by a vote on a new poll, as under load.
+      let buffer: VoteStoreShape | undefined
+      let arrivals = 0
+      const busy: VoteStoreShape = {
+        ...inner.store,
+        applyBatch: (batch) =>
+          Effect.zipRight(
+            inner.store.applyBatch(batch),
+            Effect.suspend(() =>
+              arrivals < 5 ? Effect.orDie(buffer!.vote(poll(`late${++arrivals}`), option("A"))) : Effect.void
+            )
+          )
+      }
+      const { journal, rounds } = makeRoundCounter()
+      buffer = yield* WriteBehind.make(busy, { flushInterval: FLUSH, maxPollsPerBatch: 2 }, journal)
+      const startRounds = rounds.count
+      for (const p of ["a", "b", "c", "d"]) yield* buffer.vote(poll(p), option("A"))
+
+      yield* TestClock.adjust(FLUSH)
+      expect(rounds.count - startRounds).toBe(1)
+      // Four polls in batches of two: two batches; the two votes they let in are left for the next round.
+      expect(inner.state.attempts).toHaveLength(2)
+      expect(arrivals).toBe(2)
+      expect((yield* buffer.health).pendingVotes).toBe(2)
+      for (const p of ["a", "b", "c", "d"]) expect(yield* inner.stored(p)).toEqual({ A: 1 })
+      expect(yield* inner.stored("late1")).toEqual({})
+
+      yield* TestClock.adjust(FLUSH)
+      expect(rounds.count - startRounds).toBe(2)
+      expect(inner.state.attempts).toHaveLength(3)
+      for (const n of [1, 2]) expect(yield* inner.stored(`late${n}`)).toEqual({ A: 1 })
+      expect((yield* buffer.health).pendingVotes).toBe(1)
+    })
+  )
+
   it.scoped("flushes a healthy partition while another is down, and the other once it is back", () =>
     Effect.gen(function* () {
       const inner = yield* makeInner((pollId) => (pollId.startsWith("left") ? "left" : "right"))

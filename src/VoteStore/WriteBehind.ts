@@ -111,20 +111,19 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     ...(partition.inflight?.increments.get(pollId)?.keys() ?? [])
   ]
 
-  const checkOption = Effect.fn("VoteStore.writeBehind.checkOption")(function* (
-    partition: Partition,
-    pollId: PollId,
-    optionId: OptionId
-  ) {
-    // Unknown here: learn the poll's options from the store. If the store is down, judge by what this buffer holds.
-    const stored = yield* inner.results(pollId, []).pipe(
+  // Not an Effect.fn: it runs on the first vote for each poll, and a span captures a stack trace per call.
+  const checkOption = (partition: Partition, pollId: PollId, optionId: OptionId) =>
+    inner.results(pollId, []).pipe(
+      // Unknown here: learn the poll's options from the store. If the store is down, judge by what this buffer holds.
       Effect.map((r) => Object.keys(r.counts)),
-      Effect.orElseSucceed(() => [])
+      Effect.orElseSucceed((): Array<string> => []),
+      Effect.flatMap((stored) => {
+        const known = rememberOptions(pollId, [...stored, ...bufferedOptions(partition, pollId)])
+        if (!known.has(optionId) && known.size >= MAX_OPTIONS_PER_POLL) return new TooManyOptions({ pollId })
+        known.add(optionId)
+        return Effect.void
+      })
     )
-    const known = rememberOptions(pollId, [...stored, ...bufferedOptions(partition, pollId)])
-    if (!known.has(optionId) && known.size >= MAX_OPTIONS_PER_POLL) return yield* new TooManyOptions({ pollId })
-    known.add(optionId)
-  })
 
   /**
    * Moves up to `maxPollsPerBatch` polls out of pending into a new in-flight batch. Pending is replaced, never
@@ -180,16 +179,22 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     return { partition: partition.name, votes: batch.votes, polls: batch.increments.size, ok: Exit.isSuccess(exit) }
   })
 
-  /** Flushes a partition until its pending set is empty, or a batch fails. */
+  /**
+   * Flushes what the partition held when the round began (an unconfirmed batch, then pending, in batches of at
+   * most `maxPollsPerBatch` polls), stopping at a failed batch. Votes that arrive meanwhile wait for the next
+   * round: chasing them would turn a busy buffer into a stream of tiny batches, one round trip every few votes.
+   */
   const drainPartition = (partition: Partition) =>
     Effect.gen(function* () {
       const total = { partition: partition.name, votes: 0, polls: 0, ok: true }
-      do {
+      let left = partition.pending.size + (partition.inflight?.increments.size ?? 0)
+      while (total.ok && left > 0 && (partition.inflight !== undefined || partition.pendingEntries > 0)) {
         const outcome = yield* flushPartition(partition)
         total.votes += outcome.votes
         total.polls += outcome.polls
         total.ok = outcome.ok
-      } while (total.ok && partition.pendingEntries > 0)
+        left -= outcome.polls
+      }
       return total
     })
 
