@@ -65,6 +65,7 @@ const decodePollDraft = Schema.decodeUnknownEither(PollDraft, { onExcessProperty
 const decodeVoterId = Schema.decodeUnknownEither(VoterId)
 
 const safeDecodeURIComponent = (raw: string) => {
+  if (!raw.includes("%")) return raw
   try {
     return decodeURIComponent(raw)
   } catch {

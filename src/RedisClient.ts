@@ -89,17 +89,36 @@ const describe = (error: unknown): string => {
   return message
 }
 
-/** Runs one client call as an Effect that fails with StoreUnavailable naming the node, and never hangs. */
+/**
+ * Runs one client call as an Effect that fails with StoreUnavailable naming the node, and never hangs: ioredis's own
+ * command timeout ends a call that gets no answer, and a timer here is a second guard in case the client itself
+ * hangs (for example mid-reconnect). A plain timer rather than `Effect.timeout`: this sits on every vote of the
+ * Redis stages, and racing a forked fiber costs more than the command.
+ */
 export const caller =
   (node: string) =>
   <A>(what: string, run: () => Promise<A>): Effect.Effect<A, StoreUnavailable> =>
-    Effect.tryPromise({
-      try: run,
-      catch: (error) => new StoreUnavailable({ node, reason: `${what} failed: ${describe(error)}` })
-    }).pipe(
-      // A second guard in case the client itself hangs (for example mid-reconnect).
-      Effect.timeoutFail({
-        duration: Duration.millis(COMMAND_TIMEOUT_MS + 200),
-        onTimeout: () => new StoreUnavailable({ node, reason: `${what}: timed out` })
+    Effect.async<A, StoreUnavailable>((resume) => {
+      let settled = false
+      const settle = (effect: Effect.Effect<A, StoreUnavailable>) => {
+        if (settled) return
+        settled = true
+        clearTimeout(timer)
+        resume(effect)
+      }
+      const failed = (error: unknown) =>
+        settle(Effect.fail(new StoreUnavailable({ node, reason: `${what} failed: ${describe(error)}` })))
+      const timer = setTimeout(
+        () => settle(Effect.fail(new StoreUnavailable({ node, reason: `${what}: timed out` }))),
+        COMMAND_TIMEOUT_MS + 200
+      )
+      try {
+        run().then((value) => settle(Effect.succeed(value)), failed)
+      } catch (error) {
+        failed(error)
+      }
+      return Effect.sync(() => {
+        settled = true
+        clearTimeout(timer)
       })
-    )
+    })
