@@ -1,6 +1,7 @@
 /**
  * The ceiling of a Node process on this machine: plain node:http doing what the app does for the benchmarked routes
- * (route, read and parse the JSON body, check the ids, count in memory, answer JSON), and nothing else.
+ * (route, read and parse the JSON body, check the ids, refuse a voter's second vote, count in memory, answer JSON),
+ * and nothing else.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
 
@@ -8,6 +9,7 @@ const ID = /^[A-Za-z0-9_.-]{1,64}$/
 const MAX_OPTIONS = 256
 const MAX_BODY = 16 * 1024
 const counts = new Map<string, Map<string, number>>()
+const voters = new Map<string, Set<string>>()
 
 const send = (res: ServerResponse, status: number, body: unknown) => {
   const json = JSON.stringify(body)
@@ -22,9 +24,20 @@ const vote = (res: ServerResponse, pollId: string, text: string) => {
   } catch {
     return send(res, 400, { error: "invalid_json", message: "request body is not valid JSON" })
   }
-  const option = typeof body === "object" && body !== null ? (body as { option_id?: unknown }).option_id : undefined
+  const fields = typeof body === "object" && body !== null ? (body as { option_id?: unknown; voter_id?: unknown }) : {}
+  const option = fields.option_id
   if (typeof option !== "string" || !ID.test(option)) {
     return send(res, 400, { error: "invalid_request", message: "option_id is missing or invalid" })
+  }
+  const voter = fields.voter_id
+  if (voter !== undefined) {
+    if (typeof voter !== "string" || voter.length === 0 || voter.length > 128) {
+      return send(res, 400, { error: "invalid_request", message: "voter_id is invalid" })
+    }
+    let seen = voters.get(pollId)
+    if (seen === undefined) voters.set(pollId, (seen = new Set()))
+    if (seen.has(voter)) return send(res, 409, { error: "already_voted", message: "this voter has voted already" })
+    seen.add(voter)
   }
   let poll = counts.get(pollId)
   if (poll === undefined) counts.set(pollId, (poll = new Map()))

@@ -1,15 +1,16 @@
 import { Redis } from "ioredis"
-import { HOT_POLL, OPTIONS, SPREAD_POLLS } from "./load.js"
+import { HOT_POLL, newVoters, OPTIONS, SPREAD_POLLS, VOTERS_POLL } from "./load.js"
 
 /** The same hash layout as the app (`poll:{id}:counts`), under ids of their own. */
 const key = (poll: string) => `poll:{direct-${poll}}:counts`
+const votersKey = (poll: string) => `poll:{direct-${poll}}:voters`
 const option = () => OPTIONS[Math.floor(Math.random() * OPTIONS.length)]!
 
 /** Commands each pipelined round trip carries, and how many such round trips are in flight at once. */
 export const PIPELINE_SIZE = 1000
 const PIPELINES_IN_FLIGHT = 2
 
-export type DirectWorkload = "hot" | "spread" | "read"
+export type DirectWorkload = "hot" | "spread" | "read" | "voters"
 
 export interface DirectResult {
   readonly command: string
@@ -20,15 +21,18 @@ export interface DirectResult {
   readonly errors: number
 }
 
-const commandOf = (workload: DirectWorkload) => (workload === "read" ? "HGETALL" : "HINCRBY")
+const commandOf = (workload: DirectWorkload) =>
+  workload === "read" ? "HGETALL" : workload === "voters" ? "SADD+HINCRBY" : "HINCRBY"
 
 /** What the Redis client and its pipeline have in common, for the two commands used here. */
 interface Target {
   hincrby(key: string, field: string, increment: number): unknown
   hgetall(key: string): unknown
+  sadd(key: string, member: string): unknown
 }
 
-const issue = (client: Target, workload: DirectWorkload) => {
+/** One unit of the workload: one command, or for `voters` the voter's SADD and then the vote's HINCRBY. */
+const issue = (client: Target, workload: DirectWorkload, voter: () => string): unknown => {
   switch (workload) {
     case "hot":
       return client.hincrby(key(HOT_POLL), option(), 1)
@@ -36,6 +40,13 @@ const issue = (client: Target, workload: DirectWorkload) => {
       return client.hincrby(key(`p${Math.floor(Math.random() * SPREAD_POLLS)}`), option(), 1)
     case "read":
       return client.hgetall(key(HOT_POLL))
+    case "voters": {
+      const recorded = client.sadd(votersKey(VOTERS_POLL), voter())
+      // Unpipelined, the vote waits for the voter's record, as the app's does; in a pipeline both just queue.
+      return recorded instanceof Promise
+        ? recorded.then(() => client.hincrby(key(VOTERS_POLL), option(), 1))
+        : client.hincrby(key(VOTERS_POLL), option(), 1)
+    }
   }
 }
 
@@ -54,6 +65,7 @@ export const run = async (
   try {
     await client.ping()
     if (workload === "read") await client.hset(key(HOT_POLL), Object.fromEntries(OPTIONS.map((o) => [o, 1])))
+    const voter = newVoters()
     let ops = 0
     let errors = 0
     const begun = process.hrtime.bigint()
@@ -62,7 +74,7 @@ export const run = async (
     const unpipelined = async () => {
       while (going()) {
         try {
-          await (issue(client, workload) as Promise<unknown>)
+          await (issue(client, workload, voter) as Promise<unknown>)
           ops++
         } catch {
           errors++
@@ -72,10 +84,13 @@ export const run = async (
     const pipelined = async () => {
       while (going()) {
         const pipeline = client.pipeline()
-        for (let i = 0; i < PIPELINE_SIZE; i++) issue(pipeline, workload)
+        for (let i = 0; i < PIPELINE_SIZE; i++) issue(pipeline, workload, voter)
         try {
-          for (const [error] of (await pipeline.exec()) ?? []) {
-            if (error) errors++
+          const answers = (await pipeline.exec()) ?? []
+          // A unit of `voters` is two commands: it counts once, failed if either failed.
+          const per = answers.length / PIPELINE_SIZE
+          for (let i = 0; i < answers.length; i += per) {
+            if (answers.slice(i, i + per).some(([error]) => error)) errors++
             else ops++
           }
         } catch {

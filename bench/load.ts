@@ -3,12 +3,30 @@ import type { Workload } from "./options.js"
 
 export const HOT_POLL = "hot"
 export const SPREAD_POLLS = 10_000
+/** The defined poll of the `voters` workload: one vote per voter, options as OPTIONS. */
+export const VOTERS_POLL = "voters"
 /** A few options per poll, so a hot poll's hash has several fields, as a real poll would. */
 export const OPTIONS = ["A", "B", "C", "D"] as const
 
 const BODIES = OPTIONS.map((o) => JSON.stringify({ option_id: o }))
 const JSON_HEADERS = { "content-type": "application/json" }
+const randomOption = () => OPTIONS[Math.floor(Math.random() * OPTIONS.length)]!
 const randomBody = () => BODIES[Math.floor(Math.random() * BODIES.length)]!
+
+/** The body that defines VOTERS_POLL (POST /api/v1/polls). */
+export const votersPoll = JSON.stringify({
+  id: VOTERS_POLL,
+  question: "Which one?",
+  options: OPTIONS.map((id) => ({ id, label: `Option ${id}` })),
+  one_vote_per_voter: true
+})
+
+/** Voter ids that no earlier call has handed out, in this process or an earlier run against the same Redis. */
+export const newVoters = () => {
+  const run = `${process.pid.toString(36)}${Date.now().toString(36)}`
+  let next = 0
+  return () => `v${run}-${(next++).toString(36)}`
+}
 
 /** The requests of one workload, as autocannon builds them. `spread1m` needs to know how many distinct polls. */
 export const requests = (workload: Workload, distinctPolls: number): Array<autocannon.Request> => {
@@ -51,6 +69,20 @@ export const requests = (workload: Workload, distinctPolls: number): Array<autoc
     }
     case "read":
       return [{ method: "GET", path: `/results/${HOT_POLL}` }]
+    case "voters": {
+      const voter = newVoters()
+      return [
+        {
+          method: "POST",
+          path: `/vote/${VOTERS_POLL}`,
+          headers: JSON_HEADERS,
+          setupRequest: (request) => ({
+            ...request,
+            body: `{"option_id":"${randomOption()}","voter_id":"${voter()}"}`
+          })
+        }
+      ]
+    }
   }
 }
 

@@ -3,10 +3,14 @@ export const STAGES = ["memory", "redis", "cached", "batched", "sharded", "full"
 export type Stage = (typeof STAGES)[number]
 
 /**
- * `hot`: votes on one poll; `spread`: votes over 10,000 polls; `read`: reads of one poll; `spread1m`: votes on
- * 1,000,000 distinct polls, one each, to watch memory (buffer and cache must stay bounded).
+ * `hot`: votes on one poll; `spread`: votes over 10,000 polls; `read`: reads of one poll; `voters`: votes on one
+ * defined poll with one vote per voter, each from a voter not seen before (what the voter check costs, next to
+ * `hot`); `spread1m`: votes on 1,000,000 distinct polls, one each, to watch memory (buffer and cache must stay
+ * bounded).
  */
-export const WORKLOADS = ["hot", "spread", "read", "spread1m"] as const
+export const WORKLOADS = ["hot", "spread", "read", "voters", "spread1m"] as const
+/** The workloads measured for throughput, one row per server. */
+export type ThroughputWorkload = Exclude<Workload, "spread1m">
 export type Workload = (typeof WORKLOADS)[number]
 
 /** The stages whose memory the `spread1m` workload watches: those with a write-behind buffer. */
@@ -37,7 +41,7 @@ export const defaults: Options = {
   warmup: 1,
   connections: 50,
   stages: STAGES,
-  workloads: ["hot", "spread", "read"],
+  workloads: ["hot", "spread", "read", "voters"],
   rssVotes: 1_000_000,
   rssMaxSeconds: 300,
   fsync: "everysec",

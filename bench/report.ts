@@ -15,6 +15,8 @@ export interface Row {
   readonly rps: number
   /** `rps` divided by the bare node:http server's for the same workload in this run. */
   readonly ratio: number | null
+  /** Bare rows: requests per second of both runs of the ceiling (before and after the stages); the row is the better. */
+  readonly baselineRuns?: ReadonlyArray<number>
   readonly latencyMs: Latency | null
   readonly non2xx: number
   readonly errors: number

@@ -149,6 +149,10 @@ describe("npm run bench", () => {
       expect(row.ratio, row.name).toBeCloseTo(row.rps / bare.rps, 9)
     }
     expect(bare.ratio).toBe(1)
+    // Measured before and after the stages; the better run is the baseline.
+    expect(bare.baselineRuns).toHaveLength(2)
+    expect(bare.rps).toBe(Math.max(...bare.baselineRuns))
+    expect(run.stdout()).toMatch(/^hot: the bare server ran before and after the stages/m)
     for (const name of ["bare node:http", "memory", "batched"]) {
       const row = byName.get(name)
       expect(row.latencyMs.p50, name).toBeGreaterThan(0)
@@ -173,6 +177,37 @@ describe("npm run bench", () => {
     for (const label of ["memory", "batched", "bare node:http"]) expect(svg).toContain(`>${label}<`)
     expect(svg.split(">target 0.7×<").length, "the target line's label, drawn once").toBe(2)
 
+    expect(await settled(run.marker)).toEqual([])
+  }, 60_000)
+
+  it("measures one vote per voter: a defined poll, a new voter each request, one SADD per vote", async () => {
+    const out = outDir()
+    const args = ["--duration", "1", "--warmup", "0", "--connections", "8", "--stages", "batched"]
+    const run = harness([...args, "--workloads", "voters", "--out", out])
+    const code = await run.exited
+    expect(code, `${run.stdout()}\n${run.stderr()}`).toBe(0)
+    const report = JSON.parse(readFileSync(join(out, "latest.json"), "utf8"))
+    expect(report.rows.map((r: any) => `${r.kind}:${r.name}:${r.workload}`)).toEqual([
+      "bare:bare node:http:voters",
+      "stage:batched:voters",
+      "direct:ioredis SADD+HINCRBY:voters",
+      "direct:ioredis SADD+HINCRBY pipelined ×1000:voters"
+    ])
+    for (const row of report.rows) {
+      expect(row.requests, row.name).toBeGreaterThan(0)
+      // Every request is a new voter's: a refusal would mean ids repeat, or the poll was not defined.
+      expect(row.non2xx, row.name).toBe(0)
+    }
+    const [, stage, direct, pipelined] = report.rows
+    // The voter is recorded in Redis before each 200, while the counts themselves are batched.
+    expect(stage.redis.byCommand.sadd).toBeGreaterThanOrEqual(999)
+    expect(stage.redis.byCommand.sadd).toBeLessThan(1010)
+    // Anything else is a handful of commands (the definition, the flush), not one more per vote.
+    expect(stage.redis.perThousand - stage.redis.byCommand.sadd).toBeLessThan(100)
+    for (const row of [direct, pipelined]) {
+      expect(row.redis.byCommand.sadd, row.name).toBeCloseTo(1000, 0)
+      expect(row.redis.byCommand.hincrby, row.name).toBeCloseTo(1000, 0)
+    }
     expect(await settled(run.marker)).toEqual([])
   }, 60_000)
 
@@ -201,9 +236,9 @@ describe("npm run bench", () => {
 })
 
 describe("bench options", () => {
-  it("defaults to every stage, the three throughput workloads, 10 s and 50 connections", () => {
+  it("defaults to every stage, the four throughput workloads, 10 s and 50 connections", () => {
     expect(parse([])).toEqual(defaults)
-    expect(defaults).toMatchObject({ duration: 10, connections: 50, workloads: ["hot", "spread", "read"] })
+    expect(defaults).toMatchObject({ duration: 10, connections: 50, workloads: ["hot", "spread", "read", "voters"] })
     expect(defaults.stages).toEqual(["memory", "redis", "cached", "batched", "sharded", "full"])
   })
 
