@@ -1,6 +1,7 @@
-import { Cache, Context, DateTime, Duration, Effect, Exit, Layer, Option } from "effect"
+import { Context, DateTime, Duration, Effect, Layer, Option } from "effect"
 import type { PollDefinition, PollDraft, PollId, StoreUnavailable, VoterId } from "./Domain.js"
 import { PollExists, PollNotFound } from "./Domain.js"
+import * as TtlCache from "./TtlCache.js"
 
 /** Poll definitions and the voters who have voted, kept beside the counts (same node, same hash tag). */
 export interface PollsShape {
@@ -71,26 +72,24 @@ export const makeMemory = Effect.sync((): PollsShape => {
  */
 export const withCache = (polls: PollsShape, ttl: Duration.DurationInput = Duration.seconds(1)) =>
   Effect.gen(function* () {
-    const cache = yield* Cache.makeWith({
+    const ttlMs = Duration.toMillis(ttl)
+    const cache = yield* TtlCache.make({
       capacity: 100_000,
       lookup: (pollId: PollId) => polls.get(pollId),
-      timeToLive: (exit) => (Exit.isSuccess(exit) && Option.isSome(exit.value) ? ttl : Duration.zero)
+      ttlMs: (found) => (Option.isSome(found) ? ttlMs : 0)
     })
+    const invalidate = (pollId: PollId) => Effect.sync(() => cache.invalidate(pollId))
     const shape: PollsShape & { readonly invalidate: (pollId: PollId) => Effect.Effect<void> } = {
       ...polls,
-      invalidate: (pollId) => cache.invalidate(pollId),
-      // A failed read must not linger: Effect's cache keeps a zero-lifetime entry until the clock moves on.
+      invalidate,
       get: (pollId, fresh) =>
         fresh
-          ? Effect.zipLeft(polls.get(pollId), cache.invalidate(pollId))
+          ? Effect.zipLeft(polls.get(pollId), invalidate(pollId))
           : !polls.mayBeDefined(pollId)
             ? polls.get(pollId)
-            : Effect.tap(
-                Effect.tapError(cache.get(pollId), () => cache.invalidate(pollId)),
-                (found) => (Option.isNone(found) ? cache.invalidate(pollId) : Effect.void)
-              ),
-      create: (poll) => Effect.tap(polls.create(poll), () => cache.invalidate(poll.id)),
-      close: (pollId) => Effect.tap(polls.close(pollId), () => cache.invalidate(pollId))
+            : Effect.map(cache.get(pollId), (found) => found.value),
+      create: (poll) => Effect.tap(polls.create(poll), () => invalidate(poll.id)),
+      close: (pollId) => Effect.tap(polls.close(pollId), () => invalidate(pollId))
     }
     return shape
   })

@@ -1,5 +1,6 @@
-import { Cache, Duration, Effect, Either, Exit, Layer } from "effect"
+import { Duration, Effect, Layer } from "effect"
 import type { PollId } from "../Domain.js"
+import * as TtlCache from "../TtlCache.js"
 import type { VoteStoreShape } from "../VoteStore.js"
 import { InnerStore, VoteStore } from "../VoteStore.js"
 
@@ -16,22 +17,23 @@ export interface CacheOptions {
  * Votes and batches go straight through: the snapshot is allowed to lag by up to `ttl`, which is the trade.
  */
 export const make = Effect.fn("VoteStore.cached.make")(function* (inner: VoteStoreShape, options: CacheOptions) {
-  const ttl = Duration.decode(options.ttl)
+  const ttlMs = Duration.toMillis(options.ttl)
   const capacity = options.capacity ?? 100_000
-  // Invalidating an entry does not stop a read already on its way: its (older) answer would still be stored. So each
-  // snapshot remembers when its read began, and one that began before its poll's last flush counts as a miss.
+  // Invalidating an entry keeps a read already on its way from storing its answer, but the callers waiting on that
+  // read still get it. So each snapshot remembers when its read began, and one that began before its poll's last
+  // flush counts as a miss.
   let flushes = 0
   let floor = 0
   const flushedAt = new Map<PollId, number>()
   const current = (pollId: PollId, readAt: number) => readAt >= floor && readAt >= (flushedAt.get(pollId) ?? 0)
-  const cache = yield* Cache.makeWith({
+  const cache = yield* TtlCache.make({
     capacity,
     lookup: (pollId: PollId) => {
       const readAt = flushes
       return Effect.map(inner.results(pollId), (result) => ({ result, readAt }))
     },
     // A failed read is never cached: the next request tries the store again.
-    timeToLive: (exit) => (Exit.isSuccess(exit) ? ttl : Duration.zero)
+    ttlMs: () => ttlMs
   })
   const store: VoteStoreShape = {
     ...inner,
@@ -40,19 +42,12 @@ export const make = Effect.fn("VoteStore.cached.make")(function* (inner: VoteSto
     results: (pollId, batchIds) =>
       batchIds !== undefined
         ? inner.results(pollId, batchIds)
-        : cache.getEither(pollId).pipe(
-            // Effect's cache keeps even a zero-lifetime entry until the clock moves on: drop a failure at once.
-            Effect.tapError(() => cache.invalidate(pollId)),
-            Effect.flatMap(
-              Either.match({
-                onLeft: ({ result, readAt }) =>
-                  current(pollId, readAt)
-                    ? Effect.succeed({ counts: result.counts, servedVia: APP_CACHE })
-                    : Effect.zipRight(cache.invalidate(pollId), inner.results(pollId)),
-                onRight: ({ result }) => Effect.succeed(result)
-              })
-            )
-          ),
+        : Effect.flatMap(cache.get(pollId), ({ value: { result, readAt }, hit }) => {
+            if (!hit) return Effect.succeed(result)
+            if (current(pollId, readAt)) return Effect.succeed({ counts: result.counts, servedVia: APP_CACHE })
+            cache.invalidate(pollId)
+            return inner.results(pollId)
+          }),
     // A flushed batch changes what the store holds: drop the snapshots it touched, whether or not the call
     // reported success (a timed-out batch may have been applied).
     applyBatch: (batch) =>
@@ -66,7 +61,8 @@ export const make = Effect.fn("VoteStore.cached.make")(function* (inner: VoteSto
               flushedAt.clear()
               floor = flushes
             }
-            return Effect.forEach(batch.increments.keys(), (pollId) => cache.invalidate(pollId), { discard: true })
+            for (const pollId of batch.increments.keys()) cache.invalidate(pollId)
+            return Effect.void
           })
         )
       )
