@@ -128,6 +128,7 @@ export const formatRss = (checks: ReadonlyArray<RssCheck>): string =>
       "end",
       "peak",
       "redis cmds/1k",
+      "incl. Lua",
       "other CPU"
     ],
     checks.map((c) => [

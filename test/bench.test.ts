@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Commandstats from "../bench/commandstats.js"
 import * as Monitor from "../bench/monitor.js"
 import { defaults, parse } from "../bench/options.js"
+import { formatRss } from "../bench/report.js"
 import { type RedisServer, startRedis } from "./support/redis.js"
 
 // The harness runs as its own process, as `npm run bench` runs it. Whatever it might leave behind is found by a marker
@@ -253,6 +254,53 @@ describe("bench options", () => {
     expect(() => parse(["--connections", "2.5"])).toThrow(/whole number/)
     expect(() => parse(["--duration"])).toThrow(/--duration/)
     expect(() => parse(["--fast"])).toThrow(/unknown option/)
+  })
+})
+
+describe("memory check table", () => {
+  it("has a heading for every column", () => {
+    const use = {
+      perThousand: 1002.3,
+      scriptsPerThousand: 0,
+      allPerThousand: 2004.3,
+      byCommand: null,
+      allByCommand: {}
+    }
+    const check = {
+      stage: "batched",
+      votes: 1_000_000,
+      distinctPolls: 1_000_000,
+      seconds: 200,
+      rps: 5000,
+      latencyMs: { p50: 1, p99: 30, max: 90, mean: 2 },
+      non2xx: 0,
+      errors: 0,
+      startMb: 129,
+      middleMb: 412,
+      endMb: 469,
+      peakMb: 517,
+      redis: use,
+      timeline: [],
+      otherCores: 0,
+      exitCode: 0
+    }
+    const [header, , line] = formatRss([check]).split("\n")
+    const cells = (text: string) => text!.trim().split(/\s{2,}/)
+    expect(cells(header!)).toHaveLength(cells(line!).length)
+    expect(cells(line!)).toEqual([
+      "batched",
+      "1,000,000",
+      "5,000",
+      "30.00",
+      "0",
+      "129",
+      "412",
+      "469",
+      "517",
+      "1002.30",
+      "2004.30",
+      "0.00"
+    ])
   })
 })
 
