@@ -14,21 +14,23 @@ export interface Tally {
 
 /** Votes and tallies across a poll's rules and the vote store. */
 export const make = (polls: PollsShape, store: VoteStoreShape) => {
+  // A chain of plain steps rather than a generator: this runs on every vote of a defined poll.
   const castDefined = (
     poll: PollDefinition,
     optionId: OptionId,
     voterId: VoterId | undefined
   ): Effect.Effect<void, CastError> =>
-    Effect.gen(function* () {
+    Effect.flatMap(Clock.currentTimeMillis, (now): Effect.Effect<void, CastError> => {
       const pollId = poll.id
-      if (!isOpen(poll, yield* Clock.currentTimeMillis)) return yield* new PollClosed({ pollId })
-      if (!poll.options.some((o) => o.id === optionId)) return yield* new UnknownOption({ pollId, optionId })
-      if (!poll.one_vote_per_voter) return yield* store.vote(pollId, optionId)
-      if (voterId === undefined) return yield* new VoterRequired({ pollId })
-      if (!(yield* polls.claimVoter(pollId, voterId))) return yield* new AlreadyVoted({ pollId })
-      yield* store
-        .vote(pollId, optionId)
-        .pipe(Effect.tapError(() => Effect.ignore(polls.releaseVoter(pollId, voterId))))
+      if (!isOpen(poll, now)) return new PollClosed({ pollId })
+      if (!poll.options.some((o) => o.id === optionId)) return new UnknownOption({ pollId, optionId })
+      if (!poll.one_vote_per_voter) return store.vote(pollId, optionId)
+      if (voterId === undefined) return new VoterRequired({ pollId })
+      return Effect.flatMap(polls.claimVoter(pollId, voterId), (claimed): Effect.Effect<void, CastError> =>
+        claimed
+          ? store.vote(pollId, optionId).pipe(Effect.tapError(() => Effect.ignore(polls.releaseVoter(pollId, voterId))))
+          : new AlreadyVoted({ pollId })
+      )
     })
 
   /**
