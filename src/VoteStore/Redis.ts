@@ -87,18 +87,25 @@ export const make = Effect.fn("VoteStore.redis.make")(function* (options: RedisO
         (result) => (result < 0 ? new TooManyOptions({ pollId }) : Effect.void)
       ),
     results: (pollId: PollId, batchIds?: ReadonlyArray<string>) =>
-      Effect.gen(function* () {
-        if (batchIds === undefined || batchIds.length === 0) {
-          const raw = yield* call("results", () => client.hgetall(countsKey(pollId)))
-          const counts: Record<string, number> = {}
-          for (const field in raw) counts[field] = Number(raw[field])
-          return { counts, servedVia: options.name, appliedBatches: [] }
-        }
-        const [flat, applied] = yield* call("results", () =>
-          client.livepollResults(1 + batchIds.length, countsKey(pollId), ...batchIds.map(batchKey))
-        )
-        return { counts: toCounts(flat), servedVia: options.name, appliedBatches: applied.map((i) => batchIds[i - 1]!) }
-      }),
+      batchIds === undefined || batchIds.length === 0
+        ? Effect.map(
+            call("results", () => client.hgetall(countsKey(pollId))),
+            (raw) => {
+              const counts: Record<string, number> = {}
+              for (const field in raw) counts[field] = Number(raw[field])
+              return { counts, servedVia: options.name, appliedBatches: [] }
+            }
+          )
+        : Effect.map(
+            call("results", () =>
+              client.livepollResults(1 + batchIds.length, countsKey(pollId), ...batchIds.map(batchKey))
+            ),
+            ([flat, applied]) => ({
+              counts: toCounts(flat),
+              servedVia: options.name,
+              appliedBatches: applied.map((i) => batchIds[i - 1]!)
+            })
+          ),
     applyBatch: Effect.fn("VoteStore.redis.applyBatch")(function* (batch: Batch) {
       if (batch.increments.size > MAX_POLLS_PER_BATCH) {
         return yield* Effect.dieMessage(

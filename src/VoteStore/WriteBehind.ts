@@ -1,5 +1,5 @@
 import { Cause, Duration, Effect, Exit, Layer, Schedule } from "effect"
-import type { Batch, Increments, OptionId, PollId, VoteError } from "../Domain.js"
+import type { Batch, Increments, OptionId, PollId, PollResults, StoreUnavailable, VoteError } from "../Domain.js"
 import * as Journal from "../Journal.js"
 import type { JournalShape } from "../Journal.js"
 import { addCounts, BufferFull, MAX_OPTIONS_PER_POLL, MAX_POLLS_PER_BATCH, TooManyOptions } from "../Domain.js"
@@ -300,6 +300,29 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     return bufferedEntries >= maxEntries / 2 ? Effect.zipRight(earlyFlush, journaled) : journaled
   }
 
+  /**
+   * The store's counts plus what this buffer holds for the poll, exactly: the in-flight batch is added unless the
+   * store reports it applied. Plain steps, not a generator: this runs on every read.
+   */
+  const readExact = (
+    partition: Partition,
+    pollId: PollId,
+    fresh: ReadonlyArray<string> | undefined,
+    attempt: number
+  ): Effect.Effect<PollResults, StoreUnavailable> => {
+    const { epoch, pending, inflight } = partition
+    const asked = inflight?.increments.has(pollId) ? [inflight.id] : fresh
+    return Effect.flatMap(inner.results(pollId, asked), (stored) => {
+      // A batch sealed or confirmed while the store was being read could be counted twice or not at all.
+      if (partition.epoch !== epoch && attempt < 5) return readExact(partition, pollId, fresh, attempt + 1)
+      const counts = addCounts({ ...stored.counts }, pending.get(pollId))
+      if (inflight !== undefined && !stored.appliedBatches?.includes(inflight.id)) {
+        addCounts(counts, inflight.increments.get(pollId))
+      }
+      return Effect.succeed({ counts, servedVia: stored.servedVia })
+    })
+  }
+
   const store: VoteStoreShape = {
     // The hot path: plain synchronous steps, no generator and no span (each cost a measurable share per vote).
     vote: (pollId: PollId, optionId: OptionId) =>
@@ -322,21 +345,9 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
       }),
     // A caller that passes batch ids (none of them ours) wants the store past any cache: pass that on.
     results: (pollId: PollId, fresh?: ReadonlyArray<string>) =>
-      Effect.gen(function* () {
+      Effect.suspend(() => {
         const partition = partitions.get(inner.partitionOf(pollId))
-        if (partition === undefined) return yield* inner.results(pollId, fresh)
-        for (let attempt = 1; ; attempt++) {
-          const { epoch, pending, inflight } = partition
-          const asked = inflight?.increments.has(pollId) ? [inflight.id] : fresh
-          const stored = yield* inner.results(pollId, asked)
-          // A batch sealed or confirmed while the store was being read could be counted twice or not at all.
-          if (partition.epoch !== epoch && attempt < 5) continue
-          const counts = addCounts({ ...stored.counts }, pending.get(pollId))
-          if (inflight !== undefined && !stored.appliedBatches?.includes(inflight.id)) {
-            addCounts(counts, inflight.increments.get(pollId))
-          }
-          return { counts, servedVia: stored.servedVia }
-        }
+        return partition === undefined ? inner.results(pollId, fresh) : readExact(partition, pollId, fresh, 1)
       }),
     applyBatch: inner.applyBatch,
     partitionOf: inner.partitionOf,
