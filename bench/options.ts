@@ -22,6 +22,8 @@ export interface Options {
   /** Seconds of unmeasured load before each measurement, so the JIT and connection pools are warm. */
   readonly warmup: number
   readonly connections: number
+  /** Runs of each stage per workload (the bare server runs once more); each row is its server's median run. */
+  readonly repeat: number
   readonly stages: ReadonlyArray<Stage>
   readonly workloads: ReadonlyArray<Workload>
   /** Votes sent by `spread1m`, each to a poll of its own. */
@@ -40,6 +42,7 @@ export const defaults: Options = {
   duration: 10,
   warmup: 1,
   connections: 50,
+  repeat: 1,
   stages: STAGES,
   workloads: ["hot", "spread", "read", "voters"],
   rssVotes: 1_000_000,
@@ -54,6 +57,8 @@ export const usage = `Usage: npm run bench -- [options]   (needs dist/: npm run 
   --duration SECONDS     measured load per stage and workload (default ${defaults.duration})
   --warmup SECONDS       unmeasured load before each measurement (default ${defaults.warmup})
   --connections N        concurrent HTTP connections (default ${defaults.connections})
+  --repeat N             runs of each stage per workload, in rounds (bare, then each stage), plus one more run of
+                         the bare server at the end; each row is its median run (default ${defaults.repeat})
   --stages a,b,c         of ${STAGES.join(",")} (default all)
   --workloads a,b        of ${WORKLOADS.join(",")} (default ${defaults.workloads.join(",")})
                          spread1m runs on the ${RSS_STAGES.join(" and ")} stages only
@@ -109,6 +114,9 @@ export const parse = (argv: ReadonlyArray<string>): Options | undefined => {
         break
       case "--connections":
         options.connections = number(flag, value(), 1, true)
+        break
+      case "--repeat":
+        options.repeat = number(flag, value(), 1, true)
         break
       case "--stages":
         options.stages = list(flag, value(), STAGES)

@@ -15,8 +15,8 @@ export interface Row {
   readonly rps: number
   /** `rps` divided by the bare node:http server's for the same workload in this run. */
   readonly ratio: number | null
-  /** Bare rows: requests per second of both runs of the ceiling (before and after the stages); the row is the better. */
-  readonly baselineRuns?: ReadonlyArray<number>
+  /** Requests per second of each run of this server, in the order they ran; the row is the median run. */
+  readonly runs?: ReadonlyArray<number>
   readonly latencyMs: Latency | null
   readonly non2xx: number
   readonly errors: number
@@ -147,6 +147,15 @@ export const formatRss = (checks: ReadonlyArray<RssCheck>): string =>
     ]),
     1
   )
+
+/**
+ * The median of a server's runs by requests per second; of an even number, the better of the middle two (so the bare
+ * server's two runs of a single round give the better one: a slow run of the ceiling must not flatter the ratios).
+ */
+export const medianRun = <A extends { readonly rps: number }>(runs: ReadonlyArray<A>): A => {
+  if (runs.length === 0) throw new Error("no runs to take the median of")
+  return [...runs].sort((a, b) => a.rps - b.rps)[Math.floor(runs.length / 2)]!
+}
 
 export const formatTargets = (targets: ReadonlyArray<Target>): string =>
   targets.map((t) => `${t.met ? "met    " : "NOT met"}  ${t.target}: ${t.measured}`).join("\n")

@@ -22,7 +22,7 @@ import {
 } from "./options.js"
 import * as Proc from "./proc.js"
 import * as Processes from "./processes.js"
-import { formatRows, formatRss, formatTargets, type Row, type RssCheck, targets } from "./report.js"
+import { formatRows, formatRss, formatTargets, medianRun, type Row, type RssCheck, targets } from "./report.js"
 
 const log = (message: string) => process.stderr.write(`${message}\n`)
 const lastLines = (output: string) => output.split("\n").slice(-30).join("\n")
@@ -272,7 +272,7 @@ const machine = (redisVersion: string | undefined) => ({
 /** An upper bound on the whole run; past it the harness stops everything and fails. */
 const timeBudgetMs = (options: Options, throughputWorkloads: number, rssStages: number) => {
   const perServer = options.warmup + options.duration + 20
-  const servers = throughputWorkloads * (2 + options.stages.length)
+  const servers = throughputWorkloads * (1 + options.repeat * (1 + options.stages.length))
   const direct = throughputWorkloads * 2 * (options.duration + 5)
   const rss = rssStages * (options.rssMaxSeconds + 30)
   return (2 * (servers * perServer + direct + rss) + 120) * 1000
@@ -316,23 +316,31 @@ const main = async (argv: ReadonlyArray<string>) => {
 
   const rows: Array<Row> = []
   for (const workload of throughput) {
-    // The ceiling is measured before and after the stages, and the better run is the baseline: one unlucky run of
-    // it (a shared machine's noise) must not flatter every ratio of the workload.
-    log(`workload ${workload}: bare node:http`)
-    const bareBefore = await runBare(options, workload)
-    const stages: Array<Omit<Row, "ratio">> = []
-    for (const stage of options.stages) {
-      if (interrupted) break
-      log(`workload ${workload}: stage ${stage}`)
-      stages.push(await runStage(options, stage, workload, nodes))
+    // Rounds of the bare server and every stage, then the bare server once more: each server's row is its median
+    // run, and the ceiling is never judged on one unlucky run of it (a shared machine's noise would flatter every
+    // ratio of the workload).
+    const bareRuns: Array<Omit<Row, "ratio">> = []
+    const stageRuns = new Map<Stage, Array<Omit<Row, "ratio">>>(options.stages.map((s) => [s, []]))
+    const round = (n: number) => (options.repeat > 1 ? ` (round ${n} of ${options.repeat})` : "")
+    for (let n = 1; n <= options.repeat && !interrupted; n++) {
+      log(`workload ${workload}: bare node:http${round(n)}`)
+      bareRuns.push(await runBare(options, workload))
+      for (const stage of options.stages) {
+        if (interrupted) break
+        log(`workload ${workload}: stage ${stage}${round(n)}`)
+        stageRuns.get(stage)!.push(await runStage(options, stage, workload, nodes))
+      }
     }
     if (interrupted) break
     log(`workload ${workload}: bare node:http, again`)
-    const bareAfter = await runBare(options, workload)
-    const bare = bareAfter.rps > bareBefore.rps ? bareAfter : bareBefore
+    bareRuns.push(await runBare(options, workload))
+    const bare = medianRun(bareRuns)
     const ratio = (rps: number) => (bare.rps > 0 ? rps / bare.rps : null)
-    rows.push({ ...bare, ratio: 1, baselineRuns: [bareBefore.rps, bareAfter.rps] })
-    for (const row of stages) rows.push({ ...row, ratio: ratio(row.rps) })
+    rows.push({ ...bare, ratio: 1, runs: bareRuns.map((r) => r.rps) })
+    for (const runs of stageRuns.values()) {
+      const row = medianRun(runs)
+      rows.push({ ...row, ratio: ratio(row.rps), runs: runs.map((r) => r.rps) })
+    }
     if (first !== undefined) {
       for (const mode of ["unpipelined", "pipelined"] as const) {
         if (interrupted) break
@@ -361,7 +369,7 @@ const main = async (argv: ReadonlyArray<string>) => {
     definitions: {
       rps: "2xx answers per second over the measured window (direct ioredis: commands per second)",
       ratio:
-        "rps divided by the bare node:http server's rps for the same workload in this run; the bare server is measured before and after the stages and the better run is the baseline (baselineRuns lists both)",
+        "rps divided by the bare node:http server's rps for the same workload in this run. Each server runs `repeat` times in rounds (bare, then each stage), and the bare server once more at the end; each row is its server's median run by rps (of an even number, the better of the middle two), and runs lists every run's rps",
       latencyMs: "of 2xx answers, from autocannon's per-response times, in milliseconds",
       redis:
         "per 1,000 2xx answers, all Redis nodes of the stage summed, from the start of the measured window until the app has exited (its final flush included). perThousand and byCommand: the commands clients sent, a script call (EVALSHA) counting once, counted with MONITOR (whose lines tell a script's own commands apart); allPerThousand and allByCommand: every command Redis executed, those scripts ran inside included, from INFO commandstats; INFO, ECHO, MONITOR, QUIT, CLIENT, CONFIG, COMMAND, HELLO, SELECT and FLUSHALL are left out of both",
@@ -408,9 +416,9 @@ const main = async (argv: ReadonlyArray<string>) => {
     )
   }
   if (rows.length > 0) print(formatRows(rows))
-  for (const r of rows.filter((r) => r.baselineRuns !== undefined)) {
-    const runs = r.baselineRuns!.map((rps) => `${Math.round(rps).toLocaleString("en-US")}/s`).join(" and ")
-    print(`${r.workload}: the bare server ran before and after the stages (${runs}); ratios use the better`)
+  for (const r of rows.filter((r) => (r.runs?.length ?? 0) > 1)) {
+    const runs = r.runs!.map((rps) => Math.round(rps).toLocaleString("en-US")).join(", ")
+    print(`${r.workload} ${r.name}: runs of ${runs} req/s; the row is the median`)
   }
   if (rss.length > 0) print(`\n${formatRss(rss)}`)
   if (met.length > 0) print(`\ntargets:\n${formatTargets(met)}`)
