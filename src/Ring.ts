@@ -8,7 +8,6 @@
 
 export const DEFAULT_VIRTUAL_NODES = 4096
 
-/** MurmurHash3 x86 32-bit of the UTF-8 bytes of `text`, as an unsigned integer. */
 const encoder = new TextEncoder()
 
 /** The UTF-8 bytes of `text`; ASCII (every poll id and node name) is copied directly, without the encoder. */
@@ -22,6 +21,7 @@ const utf8 = (text: string): Uint8Array => {
   return bytes
 }
 
+/** MurmurHash3 x86 32-bit of the UTF-8 bytes of `text`, as an unsigned integer. */
 export const murmur3 = (text: string, seed = 0): number => {
   const bytes = utf8(text)
   const c1 = 0xcc9e2d51
@@ -104,7 +104,9 @@ const successor = (points: Uint32Array, hash: number): number => {
 /** The node owning a point of the hash space: the first ring point at or after it, wrapping around. */
 export const nodeForHash = (ring: Ring, hash: number): string => ring.nodes[ring.owners[successor(ring.points, hash)]!]!
 
-export const nodeFor = (ring: Ring, key: string): string => nodeForHash(ring, murmur3(key))
+/** The node a key belongs to. A ring of one node owns every key: no hash needed (this runs on every vote). */
+export const nodeFor = (ring: Ring, key: string): string =>
+  ring.nodes.length === 1 ? ring.nodes[0]! : nodeForHash(ring, murmur3(key))
 
 /** The exact fraction of the 2^32 hash space each node owns. */
 export const ownership = (ring: Ring): Map<string, number> => {

@@ -49,7 +49,7 @@ export const make = Effect.fn("Polls.redis.make")(function* (nodes: ReadonlyArra
       })
     )
   )
-  const nodeFor = (pollId: PollId) => clients.get(nodes.length === 1 ? nodes[0]!.name : Ring.nodeFor(ring, pollId))!
+  const nodeFor = (pollId: PollId) => clients.get(Ring.nodeFor(ring, pollId))!
   const parse = (pollId: PollId, text: string) =>
     decode(text).pipe(Effect.orDieWith((e) => new Error(`stored definition of poll ${pollId} is malformed: ${e}`)))
 
