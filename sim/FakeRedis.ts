@@ -1,9 +1,8 @@
 import { Effect, Random } from "effect"
 import type { Batch, OptionId, PollId, PollResults } from "../src/Domain.js"
-import { MAX_OPTIONS_PER_POLL, StoreUnavailable, TooManyOptions } from "../src/Domain.js"
+import { MAX_OPTIONS_PER_POLL, MAX_POLLS_PER_BATCH, StoreUnavailable, TooManyOptions } from "../src/Domain.js"
 import { COMMAND_TIMEOUT_MS } from "../src/RedisClient.js"
 import type { VoteStoreShape } from "../src/VoteStore.js"
-import { MAX_POLLS_PER_BATCH } from "../src/VoteStore/Redis.js"
 
 /**
  * One Redis shard in memory, with the semantics of src/VoteStore/Redis.ts (the 256-option cap on single votes, batches

@@ -43,9 +43,10 @@ export const make = <K, V, E>(options: TtlCacheOptions<K, V, E>) =>
           Effect.sync(() => {
             if (entries.get(key) === loading) {
               entries.delete(key)
-              const ttl = Exit.isSuccess(exit) ? options.ttlMs(exit.value) : 0
-              if (Exit.isSuccess(exit) && ttl > 0) {
-                store(key, { _tag: "Loaded", value: exit.value, expiresAt: clock.unsafeCurrentTimeMillis() + ttl })
+              if (Exit.isSuccess(exit)) {
+                const ttl = options.ttlMs(exit.value)
+                if (ttl > 0)
+                  store(key, { _tag: "Loaded", value: exit.value, expiresAt: clock.unsafeCurrentTimeMillis() + ttl })
               }
             }
             Deferred.unsafeDone(loading.deferred, exit)

@@ -57,8 +57,6 @@ const withScripts = (client: Redis): LivepollRedis => {
   return client as LivepollRedis
 }
 
-export { MAX_POLLS_PER_BATCH }
-
 const batchArgs = (batch: Batch): Array<string | number> => {
   const keys: Array<string> = [batchKey(batch.id)]
   const argv: Array<string | number> = [BATCH_MEMORY_SECONDS]
