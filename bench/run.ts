@@ -56,29 +56,22 @@ const watchAll = (options: Options, nodes: ReadonlyArray<Processes.RedisNode>) =
 const stopAll = async (monitors: ReadonlyArray<Monitor.Watch>) =>
   monitors.length > 0 ? Monitor.sum(await Promise.all(monitors.map((m) => m.stop()))) : undefined
 
+/** A JSON POST the measurement depends on; anything but `expected` stops the run. */
+const post = async (url: string, body: string, expected: number, what: string) => {
+  const response = await fetch(url, { method: "POST", headers: { "content-type": "application/json" }, body })
+  const text = await response.text()
+  if (response.status !== expected) throw new Error(`${what} answered ${response.status}: ${text}`)
+}
+
 /** A few votes on the hot poll so reads have something to read. */
 const seed = async (url: string) => {
   for (const option of Load.OPTIONS) {
-    const response = await fetch(`${url}/vote/${Load.HOT_POLL}`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ option_id: option })
-    })
-    await response.arrayBuffer()
-    if (response.status !== 200) throw new Error(`seeding the hot poll answered ${response.status}`)
+    await post(`${url}/vote/${Load.HOT_POLL}`, JSON.stringify({ option_id: option }), 200, "seeding the hot poll")
   }
 }
 
 /** Defines the `voters` workload's poll (one vote per voter) on a stage of the app. */
-const define = async (url: string) => {
-  const response = await fetch(`${url}/api/v1/polls`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: Load.votersPoll
-  })
-  const text = await response.text()
-  if (response.status !== 201) throw new Error(`defining the voters poll answered ${response.status}: ${text}`)
-}
+const define = (url: string) => post(`${url}/api/v1/polls`, Load.votersPoll, 201, "defining the voters poll")
 
 /** One server (a stage of the app, or the bare server) under one workload: started fresh, measured, stopped. */
 const measure = async (

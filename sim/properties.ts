@@ -112,6 +112,13 @@ export const checkOrderIndependence = (parameters: fc.Parameters<[[Array<string>
     parameters
   )
 
+/** A command that votes for one of the options on one of the polls, under the given tag. */
+const voteOn = <T extends string>(tag: T) =>
+  fc.record({ _tag: fc.constant(tag), poll: fc.constantFrom(...polls), option: fc.constantFrom(...options) })
+
+/** A read of one of the polls. */
+const readOf = fc.record({ _tag: fc.constant("Read" as const), poll: fc.constantFrom(...polls) })
+
 // ---------------------------------------------------------------------------------------------------------------------
 // Buffer + store sums
 
@@ -126,13 +133,9 @@ export type BufferCommand =
 export const bufferCommand: fc.Arbitrary<BufferCommand> = fc.oneof(
   {
     weight: 4,
-    arbitrary: fc.record({
-      _tag: fc.constant("Vote" as const),
-      poll: fc.constantFrom(...polls),
-      option: fc.constantFrom(...options)
-    })
+    arbitrary: voteOn("Vote")
   },
-  { weight: 2, arbitrary: fc.record({ _tag: fc.constant("Read" as const), poll: fc.constantFrom(...polls) }) },
+  { weight: 2, arbitrary: readOf },
   {
     weight: 2,
     arbitrary: fc.record({
@@ -260,11 +263,7 @@ export const CACHE_TTL_MS = 500
 export const cacheCommand: fc.Arbitrary<CacheCommand> = fc.oneof(
   {
     weight: 3,
-    arbitrary: fc.record({
-      _tag: fc.constant("OtherVote" as const),
-      poll: fc.constantFrom(...polls),
-      option: fc.constantFrom(...options)
-    })
+    arbitrary: voteOn("OtherVote")
   },
   {
     weight: 1,
@@ -275,7 +274,7 @@ export const cacheCommand: fc.Arbitrary<CacheCommand> = fc.oneof(
       n: fc.integer({ min: 1, max: 3 })
     })
   },
-  { weight: 4, arbitrary: fc.record({ _tag: fc.constant("Read" as const), poll: fc.constantFrom(...polls) }) },
+  { weight: 4, arbitrary: readOf },
   {
     weight: 2,
     arbitrary: fc.record({ _tag: fc.constant("Wait" as const), ms: fc.integer({ min: 1, max: 2 * CACHE_TTL_MS }) })
