@@ -1,8 +1,8 @@
 import { Clock, Context, Effect, Either, Exit, Layer, Option, ParseResult, Runtime, Schema } from "effect"
 import { randomBytes } from "node:crypto"
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
-import type { PollDefinition, VoterId as VoterIdType } from "./Domain.js"
-import { isOpen, PollDraft, PollId, VoteRequest, VoterId } from "./Domain.js"
+import type { PollDefinition, VoterId } from "./Domain.js"
+import { isOpen, isPollId, isVoterId, PollDraft, PollId, VoteRequest, voteRequestOf } from "./Domain.js"
 import { Feed, type FeedShape } from "./Feed.js"
 import * as LiveResults from "./LiveResults.js"
 import * as Page from "./Page.js"
@@ -62,7 +62,6 @@ const describeParseError = (error: ParseResult.ParseError) =>
 const decodePollId = Schema.decodeUnknownEither(PollId)
 const decodeVoteRequest = Schema.decodeUnknownEither(VoteRequest, { onExcessProperty: "ignore" })
 const decodePollDraft = Schema.decodeUnknownEither(PollDraft, { onExcessProperty: "error", errors: "all" })
-const decodeVoterId = Schema.decodeUnknownEither(VoterId)
 
 const safeDecodeURIComponent = (raw: string) => {
   if (!raw.includes("%")) return raw
@@ -73,10 +72,18 @@ const safeDecodeURIComponent = (raw: string) => {
   }
 }
 
-const parsePollId = (raw: string) =>
-  Either.mapLeft(decodePollId(safeDecodeURIComponent(raw)), (e) =>
-    failure(400, "invalid_poll_id", `poll_id ${describeParseError(e)}`)
-  )
+// Each check tries the parser-free test first (see Domain's textId); the schema runs only to say what is wrong.
+const parsePollId = (raw: string): Either.Either<PollId, Reply> => {
+  const text = safeDecodeURIComponent(raw)
+  if (isPollId(text)) return Either.right(text)
+  return Either.mapLeft(decodePollId(text), (e) => failure(400, "invalid_poll_id", `poll_id ${describeParseError(e)}`))
+}
+
+const parseVoteRequest = (json: unknown): Either.Either<VoteRequest, Reply> => {
+  const body = voteRequestOf(json)
+  if (body !== undefined) return Either.right(body)
+  return Either.mapLeft(decodeVoteRequest(json), (e) => failure(400, "invalid_request", describeParseError(e)))
+}
 
 const parseJson = (text: string): Either.Either<unknown, Reply> => {
   if (text.trim() === "") return Either.left(failure(400, "invalid_request", "request body is empty; expected JSON"))
@@ -98,11 +105,11 @@ const cookie = (req: IncomingMessage, name: string): string | undefined => {
 }
 
 /** The voter: `voter_id` in the body, else the `voter` cookie the page sets. */
-const voterOf = (req: IncomingMessage, fromBody: VoterIdType | undefined): VoterIdType | undefined => {
+const voterOf = (req: IncomingMessage, fromBody: VoterId | undefined): VoterId | undefined => {
   if (fromBody !== undefined) return fromBody
   const fromCookie = cookie(req, "voter")
   if (fromCookie === undefined) return undefined
-  return Either.getOrUndefined(decodeVoterId(fromCookie))
+  return isVoterId(fromCookie) ? fromCookie : undefined
 }
 
 const tallyBody = (pollId: string, t: Voting.Tally) =>
@@ -135,8 +142,8 @@ export const makeApi = (services: {
     if (Either.isLeft(pollId)) return Effect.succeed(pollId.left)
     const json = parseJson(text)
     if (Either.isLeft(json)) return Effect.succeed(json.left)
-    const body = decodeVoteRequest(json.right)
-    if (Either.isLeft(body)) return Effect.succeed(failure(400, "invalid_request", describeParseError(body.left)))
+    const body = parseVoteRequest(json.right)
+    if (Either.isLeft(body)) return Effect.succeed(body.left)
     const { option_id, voter_id } = body.right
     const voter = req === undefined ? voter_id : voterOf(req, voter_id)
     return voting.cast(pollId.right, option_id, voter).pipe(
