@@ -34,6 +34,8 @@ export interface Options {
   readonly fsync: "everysec" | "always"
   /** Watch Redis with MONITOR to count the commands clients send apart from those Lua scripts run. */
   readonly monitor: boolean
+  /** Give each server under test a CPU of its own, the harness (load generator, Redis) the others (bench/pin.ts). */
+  readonly pin: boolean
   /** Directory for latest.json and latest.svg. */
   readonly out: string
 }
@@ -49,6 +51,7 @@ export const defaults: Options = {
   rssMaxSeconds: 300,
   fsync: "everysec",
   monitor: true,
+  pin: true,
   out: "bench/results"
 }
 
@@ -67,6 +70,8 @@ export const usage = `Usage: npm run bench -- [options]   (needs dist/: npm run 
   --fsync MODE           redis-server appendfsync: everysec or always (default ${defaults.fsync})
   --no-monitor           count Redis commands with INFO commandstats only (Lua-internal ones included),
                          without a MONITOR connection to tell them apart
+  --no-pin               let the kernel place the harness and the servers on any core, instead of the server under
+                         test on a core of its own and the load generator and Redis on the others
   --out DIR              where latest.json and latest.svg go (default ${defaults.out})
 `
 
@@ -138,6 +143,9 @@ export const parse = (argv: ReadonlyArray<string>): Options | undefined => {
       }
       case "--no-monitor":
         options.monitor = false
+        break
+      case "--no-pin":
+        options.pin = false
         break
       case "--out":
         options.out = value() ?? ""

@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url"
 import { Redis } from "ioredis"
 import { freePort } from "../test/support/redis.js"
 import * as Config from "../src/Config.js"
+import * as Pin from "./pin.js"
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), "../..")
 export const APP_ENTRY = join(ROOT, "dist", "main.js")
@@ -195,7 +196,14 @@ const answers = async (url: string) => {
   }
 }
 
-/** Starts a server process and waits until every path in `ready` answers 200. */
+let pinning: Pin.Pinning | undefined
+
+/** From now on every server under test starts on `to.server` (bench/pin.ts); undefined leaves placement alone. */
+export const pinServers = (to: Pin.Pinning | undefined) => {
+  pinning = to
+}
+
+/** Starts a server process (on the servers' CPU when pinned) and waits until every path in `ready` answers 200. */
 const startServer = async (
   what: string,
   command: string,
@@ -206,7 +214,10 @@ const startServer = async (
 ): Promise<Server> => {
   const port = await freePort()
   const url = `http://127.0.0.1:${port}`
-  const child = await launch(command, args, cleanEnv({ ...env, HOST: "127.0.0.1", PORT: String(port) }))
+  const child = await launch(
+    ...Pin.serverCommand(pinning, command, args),
+    cleanEnv({ ...env, HOST: "127.0.0.1", PORT: String(port) })
+  )
   const remove = onStop(async () => void (await child.stop()))
   const deadline = Date.now() + timeoutMs
   for (const path of ready) {

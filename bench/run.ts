@@ -11,6 +11,7 @@ import * as Commandstats from "./commandstats.js"
 import * as Direct from "./direct.js"
 import * as Load from "./load.js"
 import * as Monitor from "./monitor.js"
+import * as Pin from "./pin.js"
 import {
   type Options,
   parse,
@@ -34,6 +35,7 @@ const BUSY = 0.2
 const SAMPLE_MS = 250
 
 let interrupted = false
+const machineCores = availableParallelism()
 
 interface Nodes {
   readonly first: Processes.RedisNode | undefined
@@ -253,14 +255,19 @@ const git = (...args: Array<string>) => {
   }
 }
 
-const machine = (redisVersion: string | undefined) => ({
+const machine = (redisVersion: string | undefined, pinning: Pin.Pinning | undefined) => ({
   cpu: cpus()[0]?.model ?? "unknown",
-  cores: availableParallelism(),
+  // The machine's, counted before the harness pinned itself to a subset of them.
+  cores: machineCores,
   memoryGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
   os: `${process.platform} ${release()} ${arch()}`,
   node: process.version,
-  redis: redisVersion ?? null
+  redis: redisVersion ?? null,
+  pinning: pinning ?? null
 })
+
+const pinned = (pinning: Pin.Pinning | undefined) =>
+  pinning === undefined ? " (not pinned)" : ` (server on CPU ${pinning.server}, load and Redis on ${pinning.harness})`
 
 /** An upper bound on the whole run; past it the harness stops everything and fails. */
 const timeBudgetMs = (options: Options, throughputWorkloads: number, rssStages: number) => {
@@ -300,6 +307,11 @@ const main = async (argv: ReadonlyArray<string>) => {
     void Processes.stopAll().finally(() => process.exit(1))
   }, budget)
   watchdog.unref()
+
+  // Before Redis starts, so the redis-server processes inherit the harness's CPUs.
+  const pinning = options.pin ? Pin.apply() : undefined
+  Processes.pinServers(pinning)
+  if (options.pin && pinning === undefined) log("not pinned to cores (needs taskset and two CPUs): expect more noise")
 
   const needSecond = [...options.stages, ...rssStages].some((s) => SHARDED.includes(s))
   const needFirst = throughput.length > 0 || [...options.stages, ...rssStages].some((s) => s !== "memory")
@@ -357,7 +369,7 @@ const main = async (argv: ReadonlyArray<string>) => {
     date: new Date().toISOString(),
     command: `npm run bench${argv.length > 0 ? ` -- ${argv.join(" ")}` : ""}`,
     commit: git("rev-parse", "--short", "HEAD") ?? null,
-    machine: machine(first?.version ?? second?.version),
+    machine: machine(first?.version ?? second?.version, pinning),
     options,
     definitions: {
       rps: "2xx answers per second over the measured window (direct ioredis: commands per second)",
@@ -370,7 +382,9 @@ const main = async (argv: ReadonlyArray<string>) => {
       cpuCores: "CPU seconds the server process used during the measured window, per second",
       otherCores:
         "cores kept busy during the window by processes other than the harness and those it started (the machine's busy time in /proc/stat minus our process tree's): other work on a shared machine; near 0 when the machine was quiet",
-      redisServer: `redis-server with AOF on, appendfsync ${options.fsync}, on loopback; the load generator (autocannon) runs in the harness process on the same machine`
+      redisServer: `redis-server with AOF on, appendfsync ${options.fsync}, on loopback; the load generator (autocannon) runs in the harness process on the same machine`,
+      pinning:
+        "CPUs (taskset lists) of the harness, which holds the load generator and the direct ioredis baselines and starts redis-server, and of every server under test, each alone on its CPU; null: not pinned, the kernel placed everything"
     },
     rows,
     rss,
@@ -390,7 +404,7 @@ const main = async (argv: ReadonlyArray<string>) => {
       stages: ["bare node:http", ...options.stages],
       workloads: throughput,
       subtitle: [
-        `${options.connections} connections, ${options.duration} s per bar; ${m.cores} cores, ${m.memoryGiB} GiB, ${m.cpu}; Node ${m.node}, Redis ${m.redis ?? "-"}; ${report.date.slice(0, 10)}`,
+        `${options.connections} connections, ${options.duration} s per bar; ${m.cores} cores${pinned(pinning)}, ${m.memoryGiB} GiB, ${m.cpu}; Node ${m.node}, Redis ${m.redis ?? "-"}; ${report.date.slice(0, 10)}`,
         ...(busiest > BUSY
           ? [`other work on the machine took up to ${busiest.toFixed(2)} cores during a bar: skewed`]
           : [])
@@ -401,7 +415,7 @@ const main = async (argv: ReadonlyArray<string>) => {
 
   const print = (text: string) => process.stdout.write(`${text}\n`)
   print(
-    `\nlivepoll benchmark: ${options.connections} connections, ${throughput.length > 0 ? `${options.duration} s per row (+${options.warmup} s warm-up)` : `${options.rssVotes.toLocaleString("en-US")} votes on distinct polls per stage, at most ${options.rssMaxSeconds} s`}; ${m.cores} cores, ${m.memoryGiB} GiB, Node ${m.node}, Redis ${m.redis ?? "-"}\n`
+    `\nlivepoll benchmark: ${options.connections} connections, ${throughput.length > 0 ? `${options.duration} s per row (+${options.warmup} s warm-up)` : `${options.rssVotes.toLocaleString("en-US")} votes on distinct polls per stage, at most ${options.rssMaxSeconds} s`}; ${m.cores} cores${pinned(pinning)}, ${m.memoryGiB} GiB, Node ${m.node}, Redis ${m.redis ?? "-"}\n`
   )
   if (busiest > BUSY) {
     print(

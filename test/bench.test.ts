@@ -1,4 +1,4 @@
-import { type ChildProcess, execFile, spawn } from "node:child_process"
+import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
 import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Commandstats from "../bench/commandstats.js"
 import * as Monitor from "../bench/monitor.js"
 import { defaults, parse } from "../bench/options.js"
+import * as Pin from "../bench/pin.js"
 import { formatRss, medianRun } from "../bench/report.js"
 import { type RedisServer, startRedis } from "./support/redis.js"
 
@@ -150,6 +151,9 @@ describe("npm run bench", () => {
       expect(row.ratio, row.name).toBeCloseTo(row.rps / bare.rps, 9)
     }
     expect(bare.ratio).toBe(1)
+    // Server alone on the last CPU, the harness (load, Redis) on the others; on one CPU nothing to split.
+    expect(report.machine.pinning).toEqual(Pin.plan(allowedCpus()) ?? null)
+    expect(report.machine.cores).toBe(allowedCpus().length)
     // Measured before and after the stages; the better run is the baseline.
     expect(bare.runs).toHaveLength(2)
     expect(bare.rps).toBe(Math.max(...bare.runs))
@@ -263,6 +267,34 @@ describe("bench options", () => {
     expect(() => parse(["--connections", "2.5"])).toThrow(/whole number/)
     expect(() => parse(["--duration"])).toThrow(/--duration/)
     expect(() => parse(["--fast"])).toThrow(/unknown option/)
+  })
+})
+
+const allowedCpus = () =>
+  Pin.parseCpuList(/^Cpus_allowed_list:\s*(.+)$/m.exec(readFileSync("/proc/self/status", "utf8"))![1]!)
+
+describe("pinning", () => {
+  it("reads taskset's CPU lists", () => {
+    expect(Pin.parseCpuList("0-3,8,10-11\n")).toEqual([0, 1, 2, 3, 8, 10, 11])
+    expect(Pin.parseCpuList("5")).toEqual([5])
+    expect(() => Pin.parseCpuList("0-")).toThrow(/not a CPU list/)
+  })
+
+  it("gives the server the last CPU and the harness the rest, and does not pin on one CPU", () => {
+    expect(Pin.plan([0])).toBeUndefined()
+    expect(Pin.plan([0, 1])).toEqual({ harness: "0", server: "1" })
+    expect(Pin.plan([2, 3, 6, 7])).toEqual({ harness: "2,3,6", server: "7" })
+  })
+
+  it("starts a server on its CPU alone", () => {
+    const pinning = Pin.plan(allowedCpus())
+    const [command, args] = Pin.serverCommand(pinning, process.execPath, [
+      "-e",
+      "process.stdout.write(require('fs').readFileSync('/proc/self/status','utf8').match(/Cpus_allowed_list:\\s*(.+)/)[1])"
+    ])
+    const cpus = execFileSync(command, args, { encoding: "utf8" })
+    expect(cpus).toBe(pinning === undefined ? allowedCpus().join(",") : pinning.server)
+    expect(Pin.serverCommand(undefined, "node", ["a.js"])).toEqual(["node", ["a.js"]])
   })
 })
 
