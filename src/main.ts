@@ -1,3 +1,5 @@
+// First: V8 settings that must hold before anything else allocates.
+import "./Tuning.js"
 import { NodeRuntime } from "@effect/platform-node"
 import { Config, Effect, Layer, Logger } from "effect"
 import * as Http from "./Http.js"
