@@ -2,8 +2,16 @@
  * The ceiling of a Node process on this machine: plain node:http doing what the app does for the benchmarked routes
  * (route, read and parse the JSON body, check the ids, refuse a voter's second vote, count in memory, answer JSON),
  * and nothing else.
+ *
+ * With BARE_FIBER=1, the same server runs each request's work (once its body is read) in an Effect fiber of its own,
+ * forked on the default runtime as the app forks each request on its own: the cost of one fiber per request, alone.
  */
+import { Effect, Runtime } from "effect"
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
+
+const runFork = Runtime.runFork(Runtime.defaultRuntime)
+const inFiber = (work: () => void) => void runFork(Effect.sync(work))
+const run = process.env.BARE_FIBER === "1" ? inFiber : (work: () => void) => work()
 
 const ID = /^[A-Za-z0-9_.-]{1,64}$/
 const MAX_OPTIONS = 256
@@ -59,7 +67,9 @@ const handler = (req: IncomingMessage, res: ServerResponse) => {
   }
   if (action === "results" && req.method === "GET") {
     const poll = counts.get(pollId)
-    return send(res, 200, { poll_id: pollId, results: poll ? Object.fromEntries(poll) : {}, served_via: "in_memory" })
+    return run(() =>
+      send(res, 200, { poll_id: pollId, results: poll ? Object.fromEntries(poll) : {}, served_via: "in_memory" })
+    )
   }
   if (action === "vote" && req.method === "POST") {
     const chunks: Array<Buffer> = []
@@ -71,7 +81,7 @@ const handler = (req: IncomingMessage, res: ServerResponse) => {
     req.on("end", () =>
       size > MAX_BODY
         ? send(res, 413, { error: "payload_too_large", message: "request body is too large" })
-        : vote(res, pollId, Buffer.concat(chunks).toString("utf8"))
+        : run(() => vote(res, pollId, Buffer.concat(chunks).toString("utf8")))
     )
     return
   }

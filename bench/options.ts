@@ -36,6 +36,8 @@ export interface Options {
   readonly monitor: boolean
   /** Give each server under test a CPU of its own, the harness (load generator, Redis) the others (bench/pin.ts). */
   readonly pin: boolean
+  /** Also measure the bare server with an Effect fiber per request (bench/bare.ts, BARE_FIBER). */
+  readonly fiberBaseline: boolean
   /** Directory for latest.json and latest.svg. */
   readonly out: string
 }
@@ -52,6 +54,7 @@ export const defaults: Options = {
   fsync: "everysec",
   monitor: true,
   pin: true,
+  fiberBaseline: true,
   out: "bench/results"
 }
 
@@ -72,6 +75,8 @@ export const usage = `Usage: npm run bench -- [options]   (needs dist/: npm run 
                          without a MONITOR connection to tell them apart
   --no-pin               let the kernel place the harness and the servers on any core, instead of the server under
                          test on a core of its own and the load generator and Redis on the others
+  --no-fiber-baseline    skip the bare server that runs each request in an Effect fiber (what a fiber per request
+                         costs, with nothing else of the app)
   --out DIR              where latest.json and latest.svg go (default ${defaults.out})
 `
 
@@ -146,6 +151,9 @@ export const parse = (argv: ReadonlyArray<string>): Options | undefined => {
         break
       case "--no-pin":
         options.pin = false
+        break
+      case "--no-fiber-baseline":
+        options.fiberBaseline = false
         break
       case "--out":
         options.out = value() ?? ""

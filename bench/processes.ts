@@ -279,8 +279,15 @@ export const startApp = (stage: string, nodes: ReadonlyArray<RedisNode>): Promis
   )
 }
 
-/** The ceiling: a bare node:http server doing the same counting in memory. */
-export const startBare = (): Promise<Server> =>
-  startServer("the bare node:http server", process.execPath, ["--import", "tsx", join(ROOT, "bench", "bare.ts")], {}, [
-    "/"
-  ])
+/**
+ * The ceiling: a bare node:http server doing the same counting in memory; with `fiber`, the same server running each
+ * request's work in an Effect fiber of its own (the cost of a fiber per request, alone).
+ */
+export const startBare = (fiber = false): Promise<Server> =>
+  startServer(
+    fiber ? "the bare node:http server with a fiber per request" : "the bare node:http server",
+    process.execPath,
+    ["--import", "tsx", join(ROOT, "bench", "bare.ts")],
+    fiber ? { BARE_FIBER: "1" } : {},
+    ["/"]
+  )

@@ -137,10 +137,13 @@ const runStage = async (options: Options, stage: Stage, workload: Workload, node
   }
 }
 
-const runBare = async (options: Options, workload: Workload) => {
-  const bare = await Processes.startBare()
+const BARE = "bare node:http"
+const BARE_FIBER = "bare + Effect fiber"
+
+const runBare = async (options: Options, workload: Workload, fiber = false) => {
+  const bare = await Processes.startBare(fiber)
   try {
-    return await measure(options, "bare", "bare node:http", workload, bare, [])
+    return await measure(options, "bare", fiber ? BARE_FIBER : BARE, workload, bare, [])
   } finally {
     await bare.stop()
   }
@@ -272,7 +275,8 @@ const pinned = (pinning: Pin.Pinning | undefined) =>
 /** An upper bound on the whole run; past it the harness stops everything and fails. */
 const timeBudgetMs = (options: Options, throughputWorkloads: number, rssStages: number) => {
   const perServer = options.warmup + options.duration + 20
-  const servers = throughputWorkloads * (1 + options.repeat * (1 + options.stages.length))
+  const perRound = 1 + (options.fiberBaseline ? 1 : 0) + options.stages.length
+  const servers = throughputWorkloads * (1 + options.repeat * perRound)
   const direct = throughputWorkloads * 2 * (options.duration + 5)
   const rss = rssStages * (options.rssMaxSeconds + 30)
   return (2 * (servers * perServer + direct + rss) + 120) * 1000
@@ -325,11 +329,16 @@ const main = async (argv: ReadonlyArray<string>) => {
     // run, and the ceiling is never judged on one unlucky run of it (a shared machine's noise would flatter every
     // ratio of the workload).
     const bareRuns: Array<Omit<Row, "ratio">> = []
+    const fiberRuns: Array<Omit<Row, "ratio">> = []
     const stageRuns = new Map<Stage, Array<Omit<Row, "ratio">>>(options.stages.map((s) => [s, []]))
     const round = (n: number) => (options.repeat > 1 ? ` (round ${n} of ${options.repeat})` : "")
     for (let n = 1; n <= options.repeat && !interrupted; n++) {
-      log(`workload ${workload}: bare node:http${round(n)}`)
+      log(`workload ${workload}: ${BARE}${round(n)}`)
       bareRuns.push(await runBare(options, workload))
+      if (options.fiberBaseline && !interrupted) {
+        log(`workload ${workload}: ${BARE_FIBER}${round(n)}`)
+        fiberRuns.push(await runBare(options, workload, true))
+      }
       for (const stage of options.stages) {
         if (interrupted) break
         log(`workload ${workload}: stage ${stage}${round(n)}`)
@@ -337,11 +346,15 @@ const main = async (argv: ReadonlyArray<string>) => {
       }
     }
     if (interrupted) break
-    log(`workload ${workload}: bare node:http, again`)
+    log(`workload ${workload}: ${BARE}, again`)
     bareRuns.push(await runBare(options, workload))
     const bare = medianRun(bareRuns)
     const ratio = (rps: number) => (bare.rps > 0 ? rps / bare.rps : null)
     rows.push({ ...bare, ratio: 1, runs: bareRuns.map((r) => r.rps) })
+    if (fiberRuns.length > 0) {
+      const row = medianRun(fiberRuns)
+      rows.push({ ...row, ratio: ratio(row.rps), runs: fiberRuns.map((r) => r.rps) })
+    }
     for (const runs of stageRuns.values()) {
       const row = medianRun(runs)
       rows.push({ ...row, ratio: ratio(row.rps), runs: runs.map((r) => r.rps) })
@@ -373,6 +386,8 @@ const main = async (argv: ReadonlyArray<string>) => {
     options,
     definitions: {
       rps: "2xx answers per second over the measured window (direct ioredis: commands per second)",
+      bareFiber:
+        "the bare node:http server (bench/bare.ts) running each request's work in an Effect fiber of its own, forked on the default runtime once the body is read, as the app runs each request: what one fiber per request costs with nothing else of the app",
       ratio:
         "rps divided by the bare node:http server's rps for the same workload in this run. Each server runs `repeat` times in rounds (bare, then each stage), and the bare server once more at the end; each row is its server's median run by rps (of an even number, the better of the middle two), and runs lists every run's rps",
       latencyMs: "of 2xx answers, from autocannon's per-response times, in milliseconds",
@@ -401,7 +416,7 @@ const main = async (argv: ReadonlyArray<string>) => {
   const charted = bars.length > 0
   if (charted) {
     const svg = await Chart.render(bars, {
-      stages: ["bare node:http", ...options.stages],
+      stages: [BARE, ...(options.fiberBaseline ? [BARE_FIBER] : []), ...options.stages],
       workloads: throughput,
       subtitle: [
         `${options.connections} connections, ${options.duration} s per bar; ${m.cores} cores${pinned(pinning)}, ${m.memoryGiB} GiB, ${m.cpu}; Node ${m.node}, Redis ${m.redis ?? "-"}; ${report.date.slice(0, 10)}`,

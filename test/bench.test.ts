@@ -139,6 +139,7 @@ describe("npm run bench", () => {
     const byName = new Map<string, any>(report.rows.map((r: any) => [r.name, r]))
     expect(report.rows.map((r: any) => `${r.kind}:${r.name}:${r.workload}`)).toEqual([
       "bare:bare node:http:hot",
+      "bare:bare + Effect fiber:hot",
       "stage:memory:hot",
       "stage:batched:hot",
       "direct:ioredis HINCRBY:hot",
@@ -158,8 +159,9 @@ describe("npm run bench", () => {
     expect(bare.runs).toHaveLength(2)
     expect(bare.rps).toBe(Math.max(...bare.runs))
     expect(byName.get("batched").runs).toEqual([byName.get("batched").rps])
+    expect(byName.get("bare + Effect fiber").runs).toEqual([byName.get("bare + Effect fiber").rps])
     expect(run.stdout()).toMatch(/^hot bare node:http: runs of [\d,]+, [\d,]+ req\/s; the row is the median$/m)
-    for (const name of ["bare node:http", "memory", "batched"]) {
+    for (const name of ["bare node:http", "bare + Effect fiber", "memory", "batched"]) {
       const row = byName.get(name)
       expect(row.latencyMs.p50, name).toBeGreaterThan(0)
       expect(row.latencyMs.p99, name).toBeGreaterThanOrEqual(row.latencyMs.p50)
@@ -189,7 +191,8 @@ describe("npm run bench", () => {
   it("measures one vote per voter: a defined poll, a new voter each request, one SADD per vote", async () => {
     const out = outDir()
     const args = ["--duration", "1", "--warmup", "0", "--connections", "8", "--stages", "batched"]
-    const run = harness([...args, "--repeat", "2", "--workloads", "voters", "--out", out])
+    // Without the fiber baseline: bare, the stage and the direct baselines only.
+    const run = harness([...args, "--repeat", "2", "--workloads", "voters", "--no-fiber-baseline", "--out", out])
     const code = await run.exited
     expect(code, `${run.stdout()}\n${run.stderr()}`).toBe(0)
     const report = JSON.parse(readFileSync(join(out, "latest.json"), "utf8"))
@@ -262,6 +265,8 @@ describe("bench options", () => {
     })
     expect(parse(["--help"])).toBeUndefined()
     expect(parse(["--repeat", "3"])).toMatchObject({ repeat: 3 })
+    expect(defaults).toMatchObject({ pin: true, fiberBaseline: true })
+    expect(parse(["--no-pin", "--no-fiber-baseline"])).toMatchObject({ pin: false, fiberBaseline: false })
     expect(() => parse(["--repeat", "0"])).toThrow(/at least 1/)
     expect(() => parse(["--connections", "0"])).toThrow(/at least 1/)
     expect(() => parse(["--connections", "2.5"])).toThrow(/whole number/)
