@@ -34,7 +34,8 @@ export const plan = (allowed: ReadonlyArray<number>): Pinning | undefined => {
   return { harness: allowed.slice(0, -1).join(","), server: String(allowed.at(-1)) }
 }
 
-const allowedCpus = (): Array<number> | undefined => {
+/** The CPUs this process may run on (from /proc/self/status); undefined where that cannot be read. */
+export const allowedCpus = (): Array<number> | undefined => {
   try {
     const line = /^Cpus_allowed_list:\s*(.+)$/m.exec(readFileSync("/proc/self/status", "utf8"))
     return line === null ? undefined : parseCpuList(line[1]!)

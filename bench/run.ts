@@ -389,7 +389,7 @@ const main = async (argv: ReadonlyArray<string>) => {
       bareFiber:
         "the bare node:http server (bench/bare.ts) running each request's work in an Effect fiber of its own, forked on the default runtime once the body is read, as the app runs each request: what one fiber per request costs with nothing else of the app",
       ratio:
-        "rps divided by the bare node:http server's rps for the same workload in this run. Each server runs `repeat` times in rounds (bare, then each stage), and the bare server once more at the end; each row is its server's median run by rps (of an even number, the better of the middle two), and runs lists every run's rps",
+        "rps divided by the bare node:http server's rps for the same workload in this run. Each server runs `repeat` times in rounds (bare, the bare server with a fiber per request unless --no-fiber-baseline, then each stage), and the bare server once more at the end; each row is its server's median run by rps (of an even number, the better of the middle two), and runs lists every run's rps",
       latencyMs: "of 2xx answers, from autocannon's per-response times, in milliseconds",
       redis:
         "per 1,000 2xx answers, all Redis nodes of the stage summed, from the start of the measured window until the app has exited (its final flush included). perThousand and byCommand: the commands clients sent, a script call (EVALSHA) counting once, counted with MONITOR (whose lines tell a script's own commands apart); allPerThousand and allByCommand: every command Redis executed, those scripts ran inside included, from INFO commandstats; INFO, ECHO, MONITOR, QUIT, CLIENT, CONFIG, COMMAND, HELLO, SELECT and FLUSHALL are left out of both",
