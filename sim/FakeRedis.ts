@@ -1,6 +1,14 @@
 import { Effect, Random } from "effect"
 import type { Batch, OptionId, PollId, PollResults } from "../src/Domain.js"
-import { MAX_OPTIONS_PER_POLL, MAX_POLLS_PER_BATCH, StoreUnavailable, TooManyOptions } from "../src/Domain.js"
+import {
+  addCounts,
+  AlreadyVoted,
+  MAX_OPTIONS_PER_POLL,
+  MAX_POLLS_PER_BATCH,
+  newCounts,
+  StoreUnavailable,
+  TooManyOptions
+} from "../src/Domain.js"
 import { COMMAND_TIMEOUT_MS } from "../src/RedisClient.js"
 import type { VoteStoreShape } from "../src/VoteStore.js"
 
@@ -170,7 +178,8 @@ export const make = (options: FakeRedisOptions): FakeRedis => {
     log.push({ at, seq: stamp(), pollId, optionId, n, batchId })
   }
 
-  const counts = (pollId: PollId): Record<string, number> => Object.fromEntries(data.get(pollId) ?? [])
+  const counts = (pollId: PollId): Record<string, number> => addCounts(newCounts(), data.get(pollId))
+  const voters = new Map<PollId, Set<string>>()
 
   const store: VoteStoreShape = {
     vote: (pollId, optionId) =>
@@ -182,6 +191,20 @@ export const make = (options: FakeRedisOptions): FakeRedis => {
             if (options !== undefined && !options.has(optionId) && options.size >= MAX_OPTIONS_PER_POLL) {
               return new TooManyOptions({ pollId })
             }
+            add(pollId, optionId, 1, undefined, at)
+            return Effect.void
+          }
+        )
+      ),
+    voteOnce: (pollId, optionId, voterId) =>
+      call("vote", `vote once`, () =>
+        Effect.flatMap(
+          Effect.clockWith((clock) => clock.currentTimeMillis),
+          (at) => {
+            let voted = voters.get(pollId)
+            if (voted === undefined) voters.set(pollId, (voted = new Set()))
+            if (voted.has(voterId)) return new AlreadyVoted({ pollId })
+            voted.add(voterId)
             add(pollId, optionId, 1, undefined, at)
             return Effect.void
           }

@@ -284,6 +284,7 @@ const canonicalRing = (names: ReadonlyArray<string>) => {
 
 const forwarding = (target: () => VoteStoreShape): VoteStoreShape => ({
   vote: (pollId, optionId) => Effect.suspend(() => target().vote(pollId, optionId)),
+  voteOnce: (pollId, optionId, voterId) => Effect.suspend(() => target().voteOnce(pollId, optionId, voterId)),
   results: (pollId, batchIds) => Effect.suspend(() => target().results(pollId, batchIds)),
   applyBatch: (batch) => Effect.suspend(() => target().applyBatch(batch)),
   partitionOf: (pollId) => target().partitionOf(pollId),

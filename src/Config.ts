@@ -11,7 +11,13 @@ export const VARIABLES = [
   "REDIS_NODES",
   "CACHE_TTL_MS",
   "FLUSH_INTERVAL_MS",
-  "JOURNAL_DIR"
+  "JOURNAL_DIR",
+  "MAX_POLLS",
+  "MAX_CONNECTIONS",
+  "MAX_STREAMS",
+  "HEADERS_TIMEOUT_MS",
+  "REQUEST_TIMEOUT_MS",
+  "KEEP_ALIVE_TIMEOUT_MS"
 ] as const
 export type Stage = (typeof STAGES)[number]
 
@@ -53,12 +59,24 @@ export const parseRedisNodes = (text: string): Either.Either<ReadonlyArray<Redis
 const validated = <A, B>(config: Config.Config<A>, name: string, check: (a: A) => Either.Either<B, string>) =>
   Config.mapOrFail(config, (value) => Either.mapLeft(check(value), (reason) => ConfigError.InvalidData([name], reason)))
 
-const millis = (name: string, defaultValue: number, min: number) =>
-  validated(Config.integer(name).pipe(Config.withDefault(defaultValue)), name, (n) =>
-    n >= min ? Either.right(n) : Either.left(`must be at least ${min}, got ${n}`)
+const bounded = (name: string, defaultValue: number, min: number, description: string, max = Infinity) =>
+  validated(
+    Config.integer(name).pipe(Config.withDefault(defaultValue), Config.withDescription(description)),
+    name,
+    (n) =>
+      n < min
+        ? Either.left(`must be at least ${min}, got ${n}`)
+        : n > max
+          ? Either.left(`must be at most ${max}, got ${n}`)
+          : Either.right(n)
   )
 
-export const AppConfig = Config.all({
+/** Node's timers hold at most this many milliseconds (about 24.8 days). */
+const MAX_TIMER_MS = 2 ** 31 - 1
+const timeout = (name: string, defaultValue: number, description: string) =>
+  bounded(name, defaultValue, 1, description, MAX_TIMER_MS)
+
+const settings = Config.all({
   port: Config.port("PORT").pipe(Config.withDefault(8000), Config.withDescription("HTTP port")),
   host: Config.string("HOST").pipe(Config.withDefault("0.0.0.0")),
   stage: Config.literal(...STAGES)("POLL_STAGE").pipe(
@@ -75,11 +93,88 @@ export const AppConfig = Config.all({
     "REDIS_NODES",
     parseRedisNodes
   ),
-  cacheTtlMs: millis("CACHE_TTL_MS", 5000, 0),
-  flushIntervalMs: millis("FLUSH_INTERVAL_MS", 10000, 1),
+  cacheTtlMs: bounded("CACHE_TTL_MS", 5000, 0, "read-cache lifetime"),
+  flushIntervalMs: bounded("FLUSH_INTERVAL_MS", 10000, 1, "write-behind flush period"),
   journalDir: Config.option(Config.nonEmptyString("JOURNAL_DIR")).pipe(
     Config.withDescription("directory of the write-behind journal; unset: no journal")
-  )
+  ),
+  maxPolls: bounded(
+    "MAX_POLLS",
+    10_000,
+    1,
+    "poll definitions a store node holds at most; past it POST /polls is answered 409 too_many_polls"
+  ),
+  maxConnections: bounded(
+    "MAX_CONNECTIONS",
+    10_000,
+    1,
+    "open client connections at once; past it a new connection is answered 503 and closed (lowered to fit the " +
+      "process's open-file limit)"
+  ),
+  maxStreams: bounded(
+    "MAX_STREAMS",
+    9_000,
+    0,
+    "live result streams at once; past it a new stream is answered 503 (lowered to leave a tenth of the connections " +
+      "to other requests)"
+  ),
+  headersTimeoutMs: timeout(
+    "HEADERS_TIMEOUT_MS",
+    10_000,
+    "how long a client may take to send a request's headers (on a new connection, counted from connecting)"
+  ),
+  requestTimeoutMs: timeout(
+    "REQUEST_TIMEOUT_MS",
+    20_000,
+    "how long a client may take to send a whole request, headers and body; a body shorter than its Content-Length " +
+      "is cut here"
+  ),
+  keepAliveTimeoutMs: timeout("KEEP_ALIVE_TIMEOUT_MS", 5_000, "how long an idle keep-alive connection stays open")
 })
 
+// The headers are part of the request: node:http refuses to start with a headers deadline past the request's.
+export const AppConfig = Config.mapOrFail(settings, (c) =>
+  c.headersTimeoutMs <= c.requestTimeoutMs
+    ? Either.right(c)
+    : Either.left(
+        ConfigError.InvalidData(
+          ["HEADERS_TIMEOUT_MS"],
+          `must not exceed REQUEST_TIMEOUT_MS (${c.requestTimeoutMs}), got ${c.headersTimeoutMs}`
+        )
+      )
+)
+
 export type AppConfig = Config.Config.Success<typeof AppConfig>
+
+/** The bounds of the HTTP listener as configured; `effectiveLimits` fits them to the process. */
+export type ConnectionLimits = Pick<AppConfig, "maxConnections" | "maxStreams">
+
+/** File descriptors kept from client connections (Redis connections, the journal, stdio, refused sockets), at most. */
+export const FD_RESERVE = 128
+/** Connections over the cap held at once while their 503 goes out; beyond it they are cut without one. */
+export const MAX_REFUSING = 32
+
+/**
+ * The caps the listener enforces. Connections stay below the process's open-file limit (when known; Node raises the
+ * soft limit to the hard one as it starts), with FD_RESERVE (a quarter of a small limit) left for everything else, so
+ * the app never meets EMFILE and a client over the cap gets an answer instead of a reset. Streams leave at least a tenth of the connections (and at least one) to
+ * other requests, so votes still get in while every stream slot is taken.
+ */
+export const effectiveLimits = (limits: ConnectionLimits, openFileLimit: number | undefined) => {
+  const reserve = openFileLimit === undefined ? 0 : Math.min(FD_RESERVE, Math.ceil(openFileLimit / 4))
+  const connections =
+    openFileLimit === undefined
+      ? limits.maxConnections
+      : Math.max(1, Math.min(limits.maxConnections, openFileLimit - reserve))
+  const streams = Math.max(0, Math.min(limits.maxStreams, connections - Math.max(1, Math.ceil(connections / 10))))
+  const refusing = openFileLimit === undefined ? MAX_REFUSING : Math.min(MAX_REFUSING, Math.floor(reserve / 2))
+  return { connections, streams, refusing }
+}
+
+/** The soft "Max open files" of /proc/self/limits; undefined when unlimited or not stated. */
+export const parseOpenFileLimit = (limits: string): number | undefined => {
+  const line = limits.split("\n").find((l) => l.startsWith("Max open files"))
+  const soft = line?.slice("Max open files".length).trim().split(/\s+/)[0]
+  if (soft === undefined || !/^\d+$/.test(soft)) return undefined
+  return Number(soft)
+}

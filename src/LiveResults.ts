@@ -5,8 +5,6 @@ import { Feed } from "./Feed.js"
 import type { Polls } from "./Polls.js"
 import type { VoteStore } from "./VoteStore.js"
 
-/** Streams open at once on one instance; past it a new stream is refused with 503. */
-export const MAX_STREAMS = 10_000
 /** A poll's stream re-reads its results at most this often, however fast votes arrive. */
 export const MIN_UPDATE_INTERVAL_MS = 100
 const HEARTBEAT_MS = 15_000
@@ -15,6 +13,8 @@ interface Client {
   readonly res: ServerResponse
   /** The socket is backed up: skip updates until it drains, then send the latest. */
   blocked: boolean
+  /** The last event written to this client, so a drain sends only something newer. */
+  sent: string | undefined
 }
 
 interface Watch {
@@ -27,17 +27,26 @@ interface Watch {
   unsubscribe: Effect.Effect<void>
 }
 
+export const STREAM_HEADERS = {
+  "content-type": "text/event-stream",
+  "cache-control": "no-cache",
+  connection: "keep-alive",
+  "x-accel-buffering": "no"
+} as const
+
 /**
  * Server-Sent Events of each poll's results. One watch per poll with listeners, however many: it waits for the
  * feed's change signals, re-reads at most every MIN_UPDATE_INTERVAL_MS and sends only what differs from the last
  * event. A slow client is skipped while its socket is backed up and catches up with the latest event when it drains;
- * it never holds up the others.
+ * it never holds up the others, and never has more than one event waiting in its buffer. At most `maxStreams` are
+ * open at once; past it a new stream is refused.
  */
 type Services = Feed | Polls | VoteStore
 
 export const makeHub = (
   runtime: Runtime.Runtime<Services>,
-  read: (pollId: PollId) => Effect.Effect<unknown, unknown, Services>
+  read: (pollId: PollId) => Effect.Effect<unknown, unknown, Services>,
+  options: { readonly maxStreams: number }
 ) => {
   const runFork = Runtime.runFork(runtime)
   const watches = new Map<PollId, Watch>()
@@ -45,12 +54,15 @@ export const makeHub = (
 
   const frame = (data: string) => `event: results\ndata: ${data}\n\n`
 
+  // A write that returns false has been buffered whole; nothing more goes to this client until its socket drains.
+  const send = (client: Client, data: string) => {
+    client.sent = data
+    client.blocked = !client.res.write(frame(data))
+  }
+
   const deliver = (watch: Watch, data: string) => {
     watch.last = data
-    for (const client of watch.clients) {
-      if (client.blocked) continue
-      if (!client.res.write(frame(data))) client.blocked = true
-    }
+    for (const client of watch.clients) if (!client.blocked) send(client, data)
   }
 
   const refresh = (pollId: PollId, watch: Watch) => {
@@ -82,20 +94,17 @@ export const makeHub = (
 
   const heartbeat = setInterval(() => {
     for (const watch of watches.values()) {
-      for (const client of watch.clients) if (!client.blocked) client.res.write(": keep-alive\n\n")
+      for (const client of watch.clients) if (!client.blocked) client.blocked = !client.res.write(": keep-alive\n\n")
     }
   }, HEARTBEAT_MS)
   heartbeat.unref()
 
+  const full = () => open >= options.maxStreams
+
   const attach = (pollId: PollId, res: ServerResponse): boolean => {
-    if (open >= MAX_STREAMS) return false
+    if (full()) return false
     open++
-    res.writeHead(200, {
-      "content-type": "text/event-stream",
-      "cache-control": "no-cache",
-      connection: "keep-alive",
-      "x-accel-buffering": "no"
-    })
+    res.writeHead(200, STREAM_HEADERS)
     res.write("retry: 2000\n\n")
     let watch = watches.get(pollId)
     if (watch === undefined) {
@@ -116,12 +125,13 @@ export const makeHub = (
       )
       watch = created
     }
-    const client: Client = { res, blocked: false }
+    const client: Client = { res, blocked: false, sent: undefined }
     watch.clients.add(client)
     const current = watch
+    // Only news: a drain after the one event that backed the socket up must not send that event again.
     res.on("drain", () => {
       client.blocked = false
-      if (current.last !== undefined) client.blocked = !res.write(frame(current.last))
+      if (current.last !== undefined && current.last !== client.sent) send(client, current.last)
     })
     res.on("close", () => {
       open--
@@ -133,7 +143,7 @@ export const makeHub = (
       }
     })
     // The current results at once: from the last event if there is one, otherwise a fresh read.
-    if (watch.last !== undefined) res.write(frame(watch.last))
+    if (watch.last !== undefined) send(client, watch.last)
     else refresh(pollId, watch)
     return true
   }
@@ -143,5 +153,5 @@ export const makeHub = (
     for (const watch of watches.values()) for (const client of watch.clients) client.res.end()
   }
 
-  return { attach, close, openStreams: () => open }
+  return { attach, full, close, openStreams: () => open }
 }

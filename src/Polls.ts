@@ -1,23 +1,53 @@
 import { Context, DateTime, Duration, Effect, Layer, Option } from "effect"
-import type { PollDefinition, PollDraft, PollId, StoreUnavailable, VoterId } from "./Domain.js"
-import { PollExists, PollNotFound } from "./Domain.js"
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto"
+import type { DefinitionLost, PollDefinition, PollDraft, PollId, StoreUnavailable } from "./Domain.js"
+import { OrganiserKeyRequired, PollExists, PollNotFound, TooManyPolls, WrongOrganiserKey } from "./Domain.js"
 import * as TtlCache from "./TtlCache.js"
 
-/** Poll definitions and the voters who have voted, kept beside the counts (same node, same hash tag). */
+export type CloseError = PollNotFound | OrganiserKeyRequired | WrongOrganiserKey | StoreUnavailable | DefinitionLost
+
+/** Poll definitions, each with the hash of its organiser's key, kept beside the counts (same node, same hash tag). */
 export interface PollsShape {
-  readonly create: (poll: PollDefinition) => Effect.Effect<PollDefinition, PollExists | StoreUnavailable>
+  /** Defines the poll; the store keeps `organiserKeyHash` (see `organiserKey`), never the key. */
+  readonly create: (
+    poll: PollDefinition,
+    organiserKeyHash: string
+  ) => Effect.Effect<PollDefinition, PollExists | TooManyPolls | StoreUnavailable>
   /** `fresh`: read past any cache (live streams do, so a change made elsewhere is not hidden). */
-  readonly get: (pollId: PollId, fresh?: boolean) => Effect.Effect<Option.Option<PollDefinition>, StoreUnavailable>
-  readonly close: (pollId: PollId) => Effect.Effect<PollDefinition, PollNotFound | StoreUnavailable>
+  readonly get: (
+    pollId: PollId,
+    fresh?: boolean
+  ) => Effect.Effect<Option.Option<PollDefinition>, StoreUnavailable | DefinitionLost>
+  /** Closes the poll for whoever shows its organiser key. */
+  readonly close: (pollId: PollId, organiserKey: string | undefined) => Effect.Effect<PollDefinition, CloseError>
   /**
    * False when this instance knows the poll is not defined, without asking anyone (`get` may still find it: a
    * definition announced a moment ago). Lets the definition cache stay out of the way of ad-hoc votes.
    */
   readonly mayBeDefined: (pollId: PollId) => boolean
-  /** Records that `voterId` voted on the poll; false if it had already (the check and the write are one step). */
-  readonly claimVoter: (pollId: PollId, voterId: VoterId) => Effect.Effect<boolean, StoreUnavailable>
-  /** Undoes a claim whose vote was then refused, so the voter may try again. */
-  readonly releaseVoter: (pollId: PollId, voterId: VoterId) => Effect.Effect<void, StoreUnavailable>
+}
+
+/** A new organiser key, shown once to whoever defines the poll, and the hash the store keeps of it. */
+export const organiserKey = () => {
+  const key = randomBytes(24).toString("base64url")
+  return { key, hash: hashKey(key) }
+}
+
+const hashKey = (key: string) => createHash("sha256").update(key).digest("hex")
+
+/** Whether `key` is the one whose hash is `hash`, in time that does not depend on where they differ. */
+export const checkOrganiserKey = (
+  pollId: PollId,
+  hash: string | undefined,
+  key: string | undefined
+): Effect.Effect<void, OrganiserKeyRequired | WrongOrganiserKey> => {
+  if (key === undefined || key === "") return new OrganiserKeyRequired({ pollId })
+  // Both sides are SHA-256 digests, so the comparison takes the same time whatever was sent.
+  const given = Buffer.from(hashKey(key), "hex")
+  const stored = Buffer.from(hash ?? "", "hex")
+  return stored.length === given.length && timingSafeEqual(stored, given)
+    ? Effect.void
+    : new WrongOrganiserKey({ pollId })
 }
 
 export class Polls extends Context.Tag("livepoll/Polls")<Polls, PollsShape>() {}
@@ -32,37 +62,31 @@ export const define = (draft: PollDraft, id: PollId, now: Date): PollDefinition 
   created_at: now.toISOString()
 })
 
-export const makeMemory = Effect.sync((): PollsShape => {
-  const polls = new Map<PollId, PollDefinition>()
-  const voters = new Map<PollId, Set<VoterId>>()
-  return {
-    create: (poll) =>
-      Effect.suspend(() => {
-        if (polls.has(poll.id)) return new PollExists({ pollId: poll.id })
-        polls.set(poll.id, poll)
-        return Effect.succeed(poll)
-      }),
-    get: (pollId) => Effect.sync(() => Option.fromNullable(polls.get(pollId))),
-    mayBeDefined: (pollId) => polls.has(pollId),
-    close: (pollId) =>
-      Effect.suspend(() => {
-        const poll = polls.get(pollId)
-        if (poll === undefined) return new PollNotFound({ pollId })
-        const closed = { ...poll, closed: true }
-        polls.set(pollId, closed)
-        return Effect.succeed(closed)
-      }),
-    claimVoter: (pollId, voterId) =>
-      Effect.sync(() => {
-        let set = voters.get(pollId)
-        if (set === undefined) voters.set(pollId, (set = new Set()))
-        if (set.has(voterId)) return false
-        set.add(voterId)
-        return true
-      }),
-    releaseVoter: (pollId, voterId) => Effect.sync(() => void voters.get(pollId)?.delete(voterId))
-  }
-})
+/** `maxPolls`: definitions held at most (`MAX_POLLS`). */
+export const makeMemory = (maxPolls: number) =>
+  Effect.sync((): PollsShape => {
+    const polls = new Map<PollId, { definition: PollDefinition; readonly keyHash: string }>()
+    return {
+      create: (poll, keyHash) =>
+        Effect.suspend((): Effect.Effect<PollDefinition, PollExists | TooManyPolls> => {
+          if (polls.has(poll.id)) return new PollExists({ pollId: poll.id })
+          if (polls.size >= maxPolls) return new TooManyPolls({ limit: maxPolls })
+          polls.set(poll.id, { definition: poll, keyHash })
+          return Effect.succeed(poll)
+        }),
+      get: (pollId) => Effect.sync(() => Option.fromNullable(polls.get(pollId)?.definition)),
+      mayBeDefined: (pollId) => polls.has(pollId),
+      close: (pollId, key) =>
+        Effect.suspend((): Effect.Effect<PollDefinition, CloseError> => {
+          const poll = polls.get(pollId)
+          if (poll === undefined) return new PollNotFound({ pollId })
+          return Effect.map(
+            checkOrganiserKey(pollId, poll.keyHash, key),
+            () => (poll.definition = { ...poll.definition, closed: true })
+          )
+        })
+    }
+  })
 
 /**
  * Definitions are read on every vote of a defined poll, so they are cached briefly. Only definitions are cached,
@@ -88,13 +112,14 @@ export const withCache = (polls: PollsShape, ttl: Duration.DurationInput = Durat
           : !polls.mayBeDefined(pollId)
             ? polls.get(pollId)
             : Effect.map(cache.get(pollId), (found) => found.value),
-      create: (poll) => Effect.tap(polls.create(poll), () => invalidate(poll.id)),
-      close: (pollId) => Effect.tap(polls.close(pollId), () => invalidate(pollId))
+      create: (poll, keyHash) => Effect.tap(polls.create(poll, keyHash), () => invalidate(poll.id)),
+      close: (pollId, key) => Effect.tap(polls.close(pollId, key), () => invalidate(pollId))
     }
     return shape
   })
 
-export const layerMemory: Layer.Layer<Polls> = Layer.effect(
-  Polls,
-  Effect.flatMap(makeMemory, (p) => withCache(p))
-)
+export const layerMemory = (maxPolls: number): Layer.Layer<Polls> =>
+  Layer.effect(
+    Polls,
+    Effect.flatMap(makeMemory(maxPolls), (p) => withCache(p))
+  )

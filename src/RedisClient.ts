@@ -82,6 +82,63 @@ export const acquire = (node: RedisNode, options: ConnectOptions = {}): Effect.E
     return client
   })
 
+/** How long before a command's time-out a fenced script stops applying it: the time its answer has to come back. */
+const FENCE_MARGIN_MS = 300
+/** A clock reading whose round trip took this long says too little to be used. */
+const CLOCK_MAX_ROUND_TRIP_MS = 1000
+const CLOCK_INTERVAL_MS = 30_000
+/** Until a reading has succeeded, another is tried this often. */
+const CLOCK_RETRY_MS = 250
+
+/** The Lua that turns a script away once the node's clock is past ARGV[i], a `deadline()`; 0 means no fence. */
+export const fence = (i: number) => `
+if tonumber(ARGV[${i}]) > 0 then
+  local now = redis.call('TIME')
+  if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[${i}]) then return -2 end
+end`
+
+/**
+ * The node's clock as this process sees it, so that a write which reaches the node after its caller gave up (and
+ * answered 503) is not applied: a late write would otherwise be counted though the client was told it was not, and
+ * counted again when the client retries. Measured with TIME when the connection is ready and every 30 s, as an offset,
+ * so the two hosts' clocks need not agree. The node read its clock somewhere within the round trip, so the offset is
+ * taken at its earliest (node time minus our time when the answer came): a deadline is then early by at most the
+ * round trip, never late. `deadline()` is on the node's clock, 0 (no fence) until a reading exists.
+ */
+export const serverClock = (client: Redis): Effect.Effect<{ readonly deadline: () => number }, never, Scope.Scope> =>
+  Effect.gen(function* () {
+    let offset: number | undefined
+    let retry: NodeJS.Timeout | undefined
+    const measure = () => {
+      clearTimeout(retry)
+      const sentAt = Date.now()
+      client.time().then(
+        ([seconds, micros]) => {
+          const receivedAt = Date.now()
+          if (receivedAt - sentAt <= CLOCK_MAX_ROUND_TRIP_MS) {
+            offset = Number(seconds) * 1000 + Number(micros) / 1000 - receivedAt
+          } else if (offset === undefined) retry = setTimeout(measure, CLOCK_RETRY_MS)
+        },
+        () => {
+          // Not connected: the next connection measures again.
+        }
+      )
+    }
+    client.on("ready", measure)
+    if (client.status === "ready") measure()
+    const timer = setInterval(measure, CLOCK_INTERVAL_MS)
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        clearInterval(timer)
+        clearTimeout(retry)
+      })
+    )
+    return {
+      deadline: () =>
+        offset === undefined ? 0 : Math.floor(Date.now() + offset + COMMAND_TIMEOUT_MS - FENCE_MARGIN_MS)
+    }
+  })
+
 const describe = (error: unknown): string => {
   const message = error instanceof Error ? error.message : String(error)
   if (message.includes("enableOfflineQueue")) return "not connected"

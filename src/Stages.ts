@@ -32,19 +32,21 @@ const buffer = (c: AppConfig) =>
 
 /** Poll definitions and change signals live on the same Redis node(s) as the counts. */
 const onRedis = (
+  c: AppConfig,
   nodes: ReadonlyArray<{ url: string; name: string }>,
   store: Layer.Layer<VoteStore, never, Feed.Feed>
-) => Layer.merge(store, PollsRedis.layer(nodes)).pipe(Layer.provideMerge(Feed.layerRedis(nodes)))
+) => Layer.merge(store, PollsRedis.layer(nodes, c.maxPolls)).pipe(Layer.provideMerge(Feed.layerRedis(nodes)))
 
 /** The six stages of the design, each one layer composition. Reading a row left to right reads the stack outside-in. */
 export const compositions: Record<Stage, (c: AppConfig) => Layer.Layer<Services>> = {
-  memory: () => Layer.merge(base(layerMemory), Polls.layerMemory).pipe(Layer.provideMerge(Feed.layerLocal)),
-  redis: (c) => onRedis(single(c), base(RedisStore.layer(single(c)[0]!))),
-  cached: (c) => onRedis(single(c), over(cache(c), base(RedisStore.layer(single(c)[0]!)))),
-  batched: (c) => onRedis(single(c), over(buffer(c), base(RedisStore.layer(single(c)[0]!)))),
-  sharded: (c) => onRedis(c.redisNodes, base(Sharded.layerRedis(c.redisNodes))),
+  memory: (c) =>
+    Layer.merge(base(layerMemory), Polls.layerMemory(c.maxPolls)).pipe(Layer.provideMerge(Feed.layerLocal)),
+  redis: (c) => onRedis(c, single(c), base(RedisStore.layer(single(c)[0]!))),
+  cached: (c) => onRedis(c, single(c), over(cache(c), base(RedisStore.layer(single(c)[0]!)))),
+  batched: (c) => onRedis(c, single(c), over(buffer(c), base(RedisStore.layer(single(c)[0]!)))),
+  sharded: (c) => onRedis(c, c.redisNodes, base(Sharded.layerRedis(c.redisNodes))),
   // Buffer outermost so reads add this instance's pending votes to the (possibly cached) stored counts.
-  full: (c) => onRedis(c.redisNodes, over(buffer(c), over(cache(c), base(Sharded.layerRedis(c.redisNodes)))))
+  full: (c) => onRedis(c, c.redisNodes, over(buffer(c), over(cache(c), base(Sharded.layerRedis(c.redisNodes)))))
 }
 
 const describe = (c: AppConfig) =>

@@ -1,9 +1,19 @@
 import { Context, Effect, Layer } from "effect"
-import type { Batch, Health, PollId, OptionId, PollResults, StoreUnavailable, VoteError } from "./Domain.js"
-import { MAX_OPTIONS_PER_POLL, TooManyOptions } from "./Domain.js"
+import type { Batch, Health, PollId, OptionId, PollResults, StoreUnavailable, VoteError, VoterId } from "./Domain.js"
+import { addCounts, AlreadyVoted, MAX_OPTIONS_PER_POLL, newCounts, TooManyOptions } from "./Domain.js"
 
 export interface VoteStoreShape {
   readonly vote: (pollId: PollId, optionId: OptionId) => Effect.Effect<void, VoteError>
+  /**
+   * A vote on a one-vote-per-voter poll: the voter's record and the count are made in one step, or neither is, so a
+   * refused or timed-out vote never leaves a record behind that would turn the retry away. AlreadyVoted when the
+   * voter has a record. Never buffered: the record is the decision, shared by every instance.
+   */
+  readonly voteOnce: (
+    pollId: PollId,
+    optionId: OptionId,
+    voterId: VoterId
+  ) => Effect.Effect<void, VoteError | AlreadyVoted>
   /**
    * `batchIds`: unconfirmed batches the caller holds; the answer says which of them the store had applied. Passing
    * it (even empty) asks for the store's own current counts, past any cache.
@@ -31,6 +41,7 @@ export const IN_MEMORY = "in_memory"
 export const makeMemory = Effect.sync((): VoteStoreShape => {
   const polls = new Map<PollId, Map<OptionId, number>>()
   const appliedBatches = new Set<string>()
+  const voters = new Map<PollId, Set<VoterId>>()
   const add = (pollId: PollId, optionId: OptionId, n: number) => {
     let options = polls.get(pollId)
     if (options === undefined) {
@@ -49,9 +60,18 @@ export const makeMemory = Effect.sync((): VoteStoreShape => {
         add(pollId, optionId, 1)
         return Effect.void
       }),
+    voteOnce: (pollId, optionId, voterId) =>
+      Effect.suspend(() => {
+        let voted = voters.get(pollId)
+        if (voted === undefined) voters.set(pollId, (voted = new Set()))
+        if (voted.has(voterId)) return new AlreadyVoted({ pollId })
+        voted.add(voterId)
+        add(pollId, optionId, 1)
+        return Effect.void
+      }),
     results: (pollId, batchIds = []) =>
       Effect.sync(() => ({
-        counts: Object.fromEntries(polls.get(pollId) ?? []),
+        counts: addCounts(newCounts(), polls.get(pollId)),
         servedVia: IN_MEMORY,
         appliedBatches: batchIds.filter((id) => appliedBatches.has(id))
       })),

@@ -1,10 +1,18 @@
 import { Clock, Effect, Option } from "effect"
-import type { OptionId, PollDefinition, PollId, StoreUnavailable, VoteError, VoterId } from "./Domain.js"
-import { AlreadyVoted, isOpen, PollClosed, UnknownOption, VoterRequired } from "./Domain.js"
+import type {
+  DefinitionLost,
+  OptionId,
+  PollDefinition,
+  PollId,
+  StoreUnavailable,
+  VoteError,
+  VoterId
+} from "./Domain.js"
+import { AlreadyVoted, isOpen, newCounts, PollClosed, UnknownOption, VoterRequired } from "./Domain.js"
 import type { PollsShape } from "./Polls.js"
 import type { VoteStoreShape } from "./VoteStore.js"
 
-export type CastError = VoteError | PollClosed | UnknownOption | AlreadyVoted | VoterRequired
+export type CastError = VoteError | PollClosed | UnknownOption | AlreadyVoted | VoterRequired | DefinitionLost
 
 export interface Tally {
   readonly counts: Readonly<Record<string, number>>
@@ -26,17 +34,13 @@ export const make = (polls: PollsShape, store: VoteStoreShape) => {
       if (!poll.options.some((o) => o.id === optionId)) return new UnknownOption({ pollId, optionId })
       if (!poll.one_vote_per_voter) return store.vote(pollId, optionId)
       if (voterId === undefined) return new VoterRequired({ pollId })
-      return Effect.flatMap(polls.claimVoter(pollId, voterId), (claimed): Effect.Effect<void, CastError> =>
-        claimed
-          ? store.vote(pollId, optionId).pipe(Effect.tapError(() => Effect.ignore(polls.releaseVoter(pollId, voterId))))
-          : new AlreadyVoted({ pollId })
-      )
+      return store.voteOnce(pollId, optionId, voterId)
     })
 
   /**
    * One vote. An ad-hoc poll (never defined) just counts it. A defined poll checks that it is open and knows the
-   * option, and, for one vote per voter, records the voter before counting: the record is the decision, so it holds
-   * across instances and in every stage, buffered ones included. A vote refused after the record releases it.
+   * option; one vote per voter goes to the store's `voteOnce`, which records the voter and counts in one step: the
+   * record is the decision, so it holds across instances and in every stage, buffered ones included.
    */
   const cast = (pollId: PollId, optionId: OptionId, voterId: VoterId | undefined): Effect.Effect<void, CastError> =>
     Effect.flatMap(
@@ -51,12 +55,12 @@ export const make = (polls: PollsShape, store: VoteStoreShape) => {
    * A poll's counts; a defined poll lists every option, zeros included, in its own order. `fresh` reads past the
    * caches, for live streams: a change made on another instance must not hide behind this one's snapshot.
    */
-  const tally = (pollId: PollId, fresh = false): Effect.Effect<Tally, StoreUnavailable> =>
+  const tally = (pollId: PollId, fresh = false): Effect.Effect<Tally, StoreUnavailable | DefinitionLost> =>
     // One after the other: for an ad-hoc poll the first answers from memory, and forking costs more than it saves.
     Effect.flatMap(polls.get(pollId, fresh), (defined) =>
       Effect.map(store.results(pollId, fresh ? [] : undefined), (r): Tally => {
         if (Option.isNone(defined)) return { counts: r.counts, servedVia: r.servedVia, poll: undefined }
-        const counts: Record<string, number> = {}
+        const counts = newCounts()
         for (const option of defined.value.options) counts[option.id] = r.counts[option.id] ?? 0
         return { counts, servedVia: r.servedVia, poll: defined.value }
       })

@@ -29,6 +29,7 @@ const makeInner = () => {
         }
         return Effect.succeed({ counts: { ...counts.get(pollId) }, servedVia: INNER })
       }),
+    voteOnce: () => Effect.dieMessage("not used by these tests"),
     applyBatch: (batch) =>
       Effect.sync(() => {
         for (const [pollId, options] of batch.increments) {

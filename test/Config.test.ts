@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Either, Option } from "effect"
-import { AppConfig, parseRedisNodes } from "../src/Config.js"
+import { AppConfig, effectiveLimits, parseOpenFileLimit, parseRedisNodes, VARIABLES } from "../src/Config.js"
 
 const load = (env: Record<string, string>) =>
   Effect.withConfigProvider(AppConfig, ConfigProvider.fromMap(new Map(Object.entries(env))))
@@ -27,6 +27,11 @@ describe("AppConfig", () => {
         { name: "redis_7001", url: "redis://127.0.0.1:7001" }
       ])
       expect(Option.isNone(config.journalDir)).toBe(true)
+      expect(config.maxConnections).toBe(10_000)
+      expect(config.maxStreams).toBe(9_000)
+      expect(config.headersTimeoutMs).toBe(10_000)
+      expect(config.requestTimeoutMs).toBe(20_000)
+      expect(config.keepAliveTimeoutMs).toBe(5_000)
     })
   )
 
@@ -40,7 +45,13 @@ describe("AppConfig", () => {
         REDIS_NODES: "east=redis://10.0.0.1:6380, west=redis://10.0.0.2:6381",
         CACHE_TTL_MS: "250",
         FLUSH_INTERVAL_MS: "300",
-        JOURNAL_DIR: "/var/lib/livepoll"
+        JOURNAL_DIR: "/var/lib/livepoll",
+        MAX_POLLS: "50",
+        MAX_CONNECTIONS: "500",
+        MAX_STREAMS: "400",
+        HEADERS_TIMEOUT_MS: "3000",
+        REQUEST_TIMEOUT_MS: "4000",
+        KEEP_ALIVE_TIMEOUT_MS: "1500"
       })
       expect(config).toEqual({
         port: 9123,
@@ -53,7 +64,13 @@ describe("AppConfig", () => {
         ],
         cacheTtlMs: 250,
         flushIntervalMs: 300,
-        journalDir: Option.some("/var/lib/livepoll")
+        journalDir: Option.some("/var/lib/livepoll"),
+        maxPolls: 50,
+        maxConnections: 500,
+        maxStreams: 400,
+        headersTimeoutMs: 3000,
+        requestTimeoutMs: 4000,
+        keepAliveTimeoutMs: 1500
       })
     })
   )
@@ -99,6 +116,38 @@ describe("AppConfig", () => {
     })
   )
 
+  it.effect("rejects bounds out of range, naming each", () =>
+    Effect.gen(function* () {
+      yield* failsNaming("MAX_CONNECTIONS", { MAX_CONNECTIONS: "0" })
+      yield* failsNaming("MAX_CONNECTIONS", { MAX_CONNECTIONS: "many" })
+      yield* failsNaming("MAX_STREAMS", { MAX_STREAMS: "-1" })
+      yield* failsNaming("HEADERS_TIMEOUT_MS", { HEADERS_TIMEOUT_MS: "0" })
+      yield* failsNaming("KEEP_ALIVE_TIMEOUT_MS", { KEEP_ALIVE_TIMEOUT_MS: "0" })
+      // Past what a Node timer can hold (it would fire at once).
+      yield* failsNaming("REQUEST_TIMEOUT_MS", { REQUEST_TIMEOUT_MS: String(2 ** 31) })
+      expect((yield* load({ MAX_STREAMS: "0" })).maxStreams).toBe(0)
+    })
+  )
+
+  it.effect("rejects a headers deadline past the whole request's, naming both", () =>
+    Effect.gen(function* () {
+      const env = { HEADERS_TIMEOUT_MS: "5000", REQUEST_TIMEOUT_MS: "4000" }
+      yield* failsNaming("HEADERS_TIMEOUT_MS", env)
+      yield* failsNaming("REQUEST_TIMEOUT_MS", env)
+      expect((yield* load({ HEADERS_TIMEOUT_MS: "4000", REQUEST_TIMEOUT_MS: "4000" })).headersTimeoutMs).toBe(4000)
+    })
+  )
+
+  it.effect("names every variable it reads in VARIABLES", () =>
+    Effect.gen(function* () {
+      // A variable missing from the list would leak from a test's shell into the apps it starts.
+      const read = new Set<string>()
+      const recording = ConfigProvider.fromJson({}).pipe(ConfigProvider.mapInputPath((name) => (read.add(name), name)))
+      yield* Effect.withConfigProvider(AppConfig, recording)
+      expect([...read].sort()).toEqual([...VARIABLES].sort())
+    })
+  )
+
   it.effect("rejects an unparsable REDIS_URL, naming it", () =>
     Effect.gen(function* () {
       yield* failsNaming("REDIS_URL", { REDIS_URL: "not a url" })
@@ -133,5 +182,68 @@ describe("parseRedisNodes", () => {
 
   it("rejects a node name outside the identifier charset", () => {
     expect(Either.isLeft(parseRedisNodes("bad name=redis://127.0.0.1:6390"))).toBe(true)
+  })
+})
+
+describe("effectiveLimits", () => {
+  const configured = (maxConnections: number, maxStreams: number) => ({ maxConnections, maxStreams })
+
+  it("leaves a tenth of the connections (at least one) to other requests than streams", () => {
+    expect(effectiveLimits(configured(10_000, 9_000), undefined)).toMatchObject({ connections: 10_000, streams: 9_000 })
+    expect(effectiveLimits(configured(10_000, 10_000), undefined)).toMatchObject({
+      connections: 10_000,
+      streams: 9_000
+    })
+    expect(effectiveLimits(configured(10, 10_000), undefined)).toMatchObject({ connections: 10, streams: 9 })
+    expect(effectiveLimits(configured(5, 2), undefined)).toMatchObject({ connections: 5, streams: 2 })
+    expect(effectiveLimits(configured(1, 10), undefined)).toMatchObject({ connections: 1, streams: 0 })
+  })
+
+  it("keeps connections below the open-file limit, with room for the app's own files", () => {
+    // A default `ulimit -n` of 1024: 128 kept back; the stream cap of 10,000 the app used to have is far above.
+    expect(effectiveLimits(configured(10_000, 10_000), 1024)).toEqual({ connections: 896, streams: 806, refusing: 32 })
+    // A small limit keeps a quarter back.
+    expect(effectiveLimits(configured(10_000, 9_000), 200)).toEqual({ connections: 150, streams: 135, refusing: 25 })
+    // A cap below the limit is kept as configured.
+    expect(effectiveLimits(configured(100, 50), 20_000)).toMatchObject({ connections: 100, streams: 50 })
+    expect(effectiveLimits(configured(10_000, 9_000), 4)).toMatchObject({ connections: 3, streams: 2 })
+  })
+
+  it("never lets streams take every connection, whatever the inputs", () => {
+    for (const limit of [undefined, 2, 16, 1024, 65_536]) {
+      for (const [connections, streams] of [
+        [1, 0],
+        [1, 1],
+        [2, 2],
+        [64, 1000],
+        [100_000, 100_000]
+      ] as const) {
+        const effective = effectiveLimits(configured(connections, streams), limit)
+        expect(effective.connections).toBeGreaterThanOrEqual(1)
+        expect(effective.connections).toBeLessThanOrEqual(connections)
+        if (limit !== undefined) expect(effective.connections).toBeLessThan(limit)
+        expect(effective.streams).toBeLessThan(effective.connections)
+        expect(effective.streams).toBeLessThanOrEqual(streams)
+      }
+    }
+  })
+})
+
+describe("parseOpenFileLimit", () => {
+  const limits = (soft: string, hard: string) =>
+    [
+      "Limit                     Soft Limit           Hard Limit           Units     ",
+      "Max processes             127431               127431               processes ",
+      `Max open files            ${soft.padEnd(21)}${hard.padEnd(21)}files     `,
+      "Max locked memory         8388608              8388608              bytes     "
+    ].join("\n")
+
+  it("reads the soft limit of /proc/self/limits", () => {
+    expect(parseOpenFileLimit(limits("1024", "524288"))).toBe(1024)
+  })
+
+  it("has no limit when it is unlimited or not stated", () => {
+    expect(parseOpenFileLimit(limits("unlimited", "unlimited"))).toBeUndefined()
+    expect(parseOpenFileLimit("")).toBeUndefined()
   })
 })

@@ -1,4 +1,13 @@
+import { ConfigProvider, Context, Effect, ManagedRuntime, Runtime } from "effect"
+import { createServer, type Server } from "node:http"
+import type { AddressInfo } from "node:net"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { AppConfig } from "../src/Config.js"
+import type { OptionId, PollId } from "../src/Domain.js"
+import { makeHandler } from "../src/Http.js"
+import { Polls, type PollsShape } from "../src/Polls.js"
+import * as Stages from "../src/Stages.js"
+import { VoteStore } from "../src/VoteStore.js"
 import { type App, eventually, killAllApps, rawRequest, type Reply, startApp } from "./support/app.js"
 import { type RedisServer, startRedis } from "./support/redis.js"
 
@@ -296,5 +305,63 @@ describe("store unavailable", () => {
     })
     expect(await redis.client().hgetall("poll:{h-down}:counts")).toEqual({ A: "2" })
     expect((await redisApp.request("GET", "/api/v1/health")).status).toBe(200)
+  })
+})
+
+describe("unexpected failures", () => {
+  let server: Server
+  let base: string
+  let managed: ManagedRuntime.ManagedRuntime<any, any>
+
+  // The handler in this process, over the memory stage with two bugs planted: looking up poll `throws` throws (a
+  // synchronous throw, reached both inside the request handler and inside the body callback), and a vote on poll
+  // `dies` is a defect.
+  beforeAll(async () => {
+    const config = await Effect.runPromise(Effect.withConfigProvider(AppConfig, ConfigProvider.fromMap(new Map())))
+    managed = ManagedRuntime.make(Stages.compositions.memory(config))
+    const runtime = await managed.runtime()
+    const polls = Context.get(runtime.context, Polls)
+    const store = Context.get(runtime.context, VoteStore)
+    const get = ((pollId: PollId, ...rest: Array<never>) => {
+      if (pollId === "throws") throw new Error("a planted bug")
+      return (polls.get as (...args: Array<unknown>) => unknown)(pollId, ...rest)
+    }) as PollsShape["get"]
+    const vote = (pollId: PollId, optionId: OptionId) =>
+      pollId === "dies" ? Effect.die(new Error("a planted defect")) : store.vote(pollId, optionId)
+    const context = runtime.context.pipe(
+      Context.add(Polls, { ...polls, get }),
+      Context.add(VoteStore, { ...store, vote })
+    )
+    const planted = Runtime.make({ context, runtimeFlags: runtime.runtimeFlags, fiberRefs: runtime.fiberRefs })
+    const { handler } = makeHandler(planted, { maxStreams: 10, answered: new WeakSet() })
+    server = createServer(handler)
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  })
+
+  afterAll(async () => {
+    server?.closeAllConnections()
+    await new Promise<void>((resolve) => (server === undefined ? resolve() : server.close(() => resolve())))
+    await managed?.dispose()
+  })
+
+  const call = async (method: string, path: string, body?: string) => {
+    const response = await fetch(`${base}${path}`, body === undefined ? { method } : { method, body })
+    const text = await response.text()
+    return { status: response.status, contentType: response.headers.get("content-type"), json: JSON.parse(text) }
+  }
+
+  it.each([
+    ["a throw while the request is routed", "GET", "/api/v1/results/throws", undefined],
+    ["a throw once the body is in", "POST", "/api/v1/vote/throws", JSON.stringify({ option_id: "A" })],
+    ["a defect in the request's effect", "POST", "/api/v1/vote/dies", JSON.stringify({ option_id: "A" })]
+  ])("%s answers 503 internal_error (no other 5xx), and the server carries on", async (_, method, path, body) => {
+    expect(await call(method, path, body)).toEqual({
+      status: 503,
+      contentType: "application/json",
+      json: { error: "internal_error", message: expect.any(String) }
+    })
+    expect((await call("POST", "/api/v1/vote/fine", JSON.stringify({ option_id: "A" }))).status).toBe(200)
+    expect((await call("GET", "/api/v1/results/fine")).status).toBe(200)
   })
 })

@@ -1,7 +1,16 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Schedule, type Scope, TestClock } from "effect"
 import type { Redis } from "ioredis"
-import { type Batch, MAX_OPTIONS_PER_POLL, OptionId, PollId, StoreUnavailable, TooManyOptions } from "../src/Domain.js"
+import {
+  AlreadyVoted,
+  type Batch,
+  MAX_OPTIONS_PER_POLL,
+  OptionId,
+  PollId,
+  StoreUnavailable,
+  TooManyOptions,
+  VoterId
+} from "../src/Domain.js"
 import * as Cached from "../src/VoteStore/Cached.js"
 import * as RedisStore from "../src/VoteStore/Redis.js"
 import * as Sharded from "../src/VoteStore/Sharded.js"
@@ -90,6 +99,14 @@ const freshPoll = (backend: string) => poll(`${backend.replace(/\W+/g, "_")}-${+
 
 const counts = (store: VoteStoreShape, pollId: PollId) => Effect.map(store.results(pollId), (r) => r.counts)
 
+/** Every member name of a plain object, each a valid id: the names a counts object must not confuse with its keys. */
+const PROTOTYPE_NAMES = Object.getOwnPropertyNames(Object.prototype)
+/** Own entries only, in a fixed order: `toEqual` on objects would let a prototype member stand in for a key. */
+const sortedEntries = (counts: Readonly<Record<string, number>>) =>
+  Object.keys(counts)
+    .sort()
+    .map((key) => [key, counts[key]])
+
 const batchOf = (id: string, increments: Record<string, Record<string, number>>): Batch => ({
   id,
   increments: new Map(
@@ -126,6 +143,53 @@ const contract = (name: string, make: Effect.Effect<Backend, never, Scope.Scope>
         expect(yield* counts(store, q)).toEqual({ B: 1 })
         yield* settle
         expect(yield* counts(store, p)).toEqual({ A: 3, B: 2, C: 2 })
+      })
+    )
+
+    it.scoped("ids that spell Object.prototype members are counted exactly, as poll ids and as option ids", () =>
+      Effect.gen(function* () {
+        const { store, settle } = yield* make
+        const p = freshPoll(name)
+        for (const [i, id] of PROTOTYPE_NAMES.entries()) {
+          for (let n = 0; n <= i % 3; n++) yield* store.vote(p, option(id))
+        }
+        const expected = PROTOTYPE_NAMES.map((id, i) => [id, (i % 3) + 1] as const)
+        expect(sortedEntries(yield* counts(store, p))).toEqual(sortedEntries(Object.fromEntries(expected)))
+        yield* settle
+        expect(sortedEntries(yield* counts(store, p))).toEqual(sortedEntries(Object.fromEntries(expected)))
+        // The Redis backends share servers across backends and runs: compare what each vote added, past any cache.
+        const stored = (pollId: PollId) => Effect.map(store.results(pollId, []), (r) => r.counts)
+        for (const id of ["__proto__", "constructor", "toString"]) {
+          const before = yield* stored(poll(id))
+          yield* store.vote(poll(id), option(id))
+          yield* store.vote(poll(id), option("A"))
+          const after = yield* stored(poll(id))
+          expect(Object.hasOwn(after, id) && after[id]).toBe((Object.hasOwn(before, id) ? before[id]! : 0) + 1)
+          expect(after["A"]).toBe((Object.hasOwn(before, "A") ? before["A"]! : 0) + 1)
+          yield* settle
+          expect(sortedEntries(yield* stored(poll(id)))).toEqual(sortedEntries(after))
+        }
+      })
+    )
+
+    it.scoped("voteOnce records the voter and counts together, at once; the same voter again is AlreadyVoted", () =>
+      Effect.gen(function* () {
+        const { store, settle } = yield* make
+        const p = freshPoll(name)
+        yield* store.vote(p, option("A"))
+        // A read before the votes below, which a cache would keep.
+        expect(yield* counts(store, p)).toEqual({ A: 1 })
+        yield* store.voteOnce(p, option("B"), VoterId.make("ann"))
+        yield* store.voteOnce(p, option("A"), VoterId.make("bob"))
+        expect(yield* counts(store, p)).toEqual({ A: 2, B: 1 })
+        const again = yield* Effect.flip(store.voteOnce(p, option("A"), VoterId.make("ann")))
+        expect(again).toBeInstanceOf(AlreadyVoted)
+        // The same voter on another poll is another vote.
+        const q = freshPoll(name)
+        yield* store.voteOnce(q, option("A"), VoterId.make("ann"))
+        yield* settle
+        expect(yield* counts(store, p)).toEqual({ A: 2, B: 1 })
+        expect(yield* counts(store, q)).toEqual({ A: 1 })
       })
     )
 

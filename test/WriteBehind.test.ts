@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Exit, Scope, TestClock } from "effect"
-import { BufferFull, OptionId, PollId, StoreUnavailable } from "../src/Domain.js"
+import { BufferFull, JournalFailed, OptionId, PollId, StoreUnavailable } from "../src/Domain.js"
 import * as Journal from "../src/Journal.js"
 import * as WriteBehind from "../src/VoteStore/WriteBehind.js"
 import { makeMemory, type VoteStoreShape } from "../src/VoteStore.js"
@@ -12,26 +12,31 @@ const poll = (id: string) => PollId.make(id)
 const option = (id: string) => OptionId.make(id)
 
 /**
- * The memory store, with batches that can be made to fail per partition (before applying anything) or to fail
- * after they were applied (a reply lost to a time-out). Counts the attempts and the votes each attempt carried.
+ * The memory store, with batches that can be made to fail per partition (before applying anything), or refused
+ * everywhere while the node stays reachable (Redis at maxmemory), or fail after they were applied (a reply lost to a
+ * time-out). Counts the attempts and the votes each attempt carried. Its nodes are named after its partitions.
  */
-const makeInner = (partitionOf: (pollId: PollId) => string = () => "only") =>
+const makeInner = (partitionOf: (pollId: PollId) => string = () => "only", nodes: ReadonlyArray<string> = ["only"]) =>
   Effect.gen(function* () {
     const memory = yield* makeMemory
     const state = {
       down: new Set<string>(),
+      refusing: undefined as string | undefined,
       failAfterApply: 0,
       attempts: [] as Array<{ id: string; partitions: Array<string> }>
     }
     const store: VoteStoreShape = {
       ...memory,
       partitionOf,
+      health: Effect.succeed({ nodes: nodes.map((name) => ({ name, reachable: true })), pendingVotes: 0 }),
       applyBatch: (batch) =>
         Effect.suspend(() => {
           const partitions = [...new Set([...batch.increments.keys()].map(partitionOf))]
           state.attempts.push({ id: batch.id, partitions })
           const down = partitions.find((p) => state.down.has(p))
           if (down !== undefined) return new StoreUnavailable({ node: down, reason: "connection refused" })
+          if (state.refusing !== undefined)
+            return new StoreUnavailable({ node: partitions[0]!, reason: state.refusing })
           return Effect.zipRight(
             memory.applyBatch(batch),
             Effect.suspend(() => {
@@ -52,6 +57,7 @@ const makeInner = (partitionOf: (pollId: PollId) => string = () => "only") =>
         yield* Effect.addFinalizer(() =>
           Effect.sync(() => {
             state.down.clear()
+            state.refusing = undefined
             state.failAfterApply = 0
           })
         )
@@ -295,7 +301,7 @@ describe("WriteBehind", () => {
 
   it.scoped("flushes a healthy partition while another is down, and the other once it is back", () =>
     Effect.gen(function* () {
-      const inner = yield* makeInner((pollId) => (pollId.startsWith("left") ? "left" : "right"))
+      const inner = yield* makeInner((pollId) => (pollId.startsWith("left") ? "left" : "right"), ["left", "right"])
       const store = yield* inner.buffered({ flushInterval: FLUSH })
       inner.state.down.add("right")
 
@@ -329,5 +335,189 @@ describe("WriteBehind", () => {
       yield* TestClock.adjust(Duration.times(FLUSH, 3))
       expect(yield* inner.stored("right-1")).toEqual({ A: 2, B: 1 })
     })
+  )
+
+  it.scoped("a vote whose journal line cannot be written is refused and is in no read, batch or buffer count", () =>
+    Effect.gen(function* () {
+      const inner = yield* makeInner()
+      const disk = { full: false, durable: 0 }
+      const journal: Journal.JournalShape = {
+        ...Journal.layerNoneService,
+        // Like the file journal: the vote is counted at the moment its line is durable, and the append succeeds after.
+        append: (_pollId, _optionId, durable) =>
+          Effect.suspend(() => {
+            if (disk.full) return new JournalFailed({ reason: "ENOSPC: no space left on device, write" })
+            disk.durable++
+            durable()
+            return Effect.void
+          }),
+        health: Effect.sync(() => ({
+          ok: !disk.full,
+          failingSinceMsAgo: disk.full ? 0 : null,
+          lastFailureMsAgo: disk.full ? 0 : null,
+          lastError: disk.full ? "ENOSPC" : null
+        }))
+      }
+      const store = yield* inner.buffered({ flushInterval: FLUSH }, journal)
+
+      yield* voteMany(store, "p", { A: 1 })
+      disk.full = true
+      const refused = yield* Effect.flip(store.vote(poll("p"), option("B")))
+      expect(refused).toBeInstanceOf(JournalFailed)
+      expect(yield* Effect.flip(store.vote(poll("p"), option("A")))).toBeInstanceOf(JournalFailed)
+      expect(yield* countsOf(store, "p")).toEqual({ A: 1 })
+      const health = yield* store.health
+      expect(health.pendingVotes).toBe(1)
+      expect(health.journal).toMatchObject({ ok: false, lastError: "ENOSPC" })
+
+      disk.full = false
+      yield* TestClock.adjust(FLUSH)
+      expect(yield* inner.stored("p")).toEqual({ A: 1 })
+      expect((yield* store.health).journal?.ok).toBe(true)
+
+      // The disk has room again: the retry is counted, once.
+      yield* voteMany(store, "p", { B: 1 })
+      expect(yield* countsOf(store, "p")).toEqual({ A: 1, B: 1 })
+      yield* TestClock.adjust(FLUSH)
+      expect(yield* inner.stored("p")).toEqual({ A: 1, B: 1 })
+      expect(disk.durable).toBe(2)
+      expect((yield* store.health).pendingVotes).toBe(0)
+    })
+  )
+
+  it.scoped("the flush loop and the early flush outlive a compaction that dies: the next interval flushes again", () =>
+    Effect.gen(function* () {
+      const inner = yield* makeInner()
+      let compactions = 0
+      const journal: Journal.JournalShape = {
+        ...Journal.layerNoneService,
+        // Every compaction after the one at start-up throws, as sync fs calls on a full disk do.
+        compact: () =>
+          Effect.sync(() => {
+            if (compactions++ > 0) throw new Error("ENOSPC: no space left on device, open")
+          })
+      }
+      const store = yield* inner.buffered({ flushInterval: FLUSH, maxEntries: 4 }, journal)
+
+      yield* voteMany(store, "p", { A: 1 })
+      yield* TestClock.adjust(FLUSH)
+      expect(yield* inner.stored("p")).toEqual({ A: 1 })
+      expect(compactions).toBe(2)
+
+      yield* voteMany(store, "p", { A: 1 })
+      yield* TestClock.adjust(FLUSH)
+      expect(yield* inner.stored("p")).toEqual({ A: 2 })
+
+      // Two entries reach half the cap: an early flush runs (and its compaction dies too).
+      yield* voteMany(store, "q", { A: 1, B: 1 })
+      yield* TestClock.adjust(Duration.millis(1))
+      expect(yield* inner.stored("q")).toEqual({ A: 1, B: 1 })
+      yield* voteMany(store, "q", { C: 1, D: 1 })
+      yield* TestClock.adjust(Duration.millis(1))
+      expect(yield* inner.stored("q")).toEqual({ A: 1, B: 1, C: 1, D: 1 })
+
+      yield* voteMany(store, "p", { B: 1 })
+      yield* TestClock.adjust(FLUSH)
+      expect(yield* inner.stored("p")).toEqual({ A: 2, B: 1 })
+      expect(compactions).toBeGreaterThanOrEqual(5)
+    })
+  )
+
+  it.scoped("health shows flushes that keep failing and for how long, then clears; each vote is applied once", () =>
+    Effect.gen(function* () {
+      const inner = yield* makeInner()
+      const store = yield* inner.buffered({ flushInterval: FLUSH })
+      const flushOf = Effect.map(store.health, (h) => h.flushes?.find((f) => f.node === "only"))
+      const OOM = "apply batch failed: OOM command not allowed when used memory > 'maxmemory'."
+
+      expect(yield* flushOf).toEqual({
+        node: "only",
+        pendingVotes: 0,
+        failing: false,
+        failingSinceMsAgo: null,
+        lastFailureMsAgo: null,
+        lastSuccessMsAgo: null,
+        lastError: null
+      })
+      yield* voteMany(store, "p", { A: 2, B: 1 })
+      yield* TestClock.adjust(FLUSH)
+      expect((yield* flushOf)?.lastSuccessMsAgo).toBe(0)
+
+      inner.state.refusing = OOM
+      yield* voteMany(store, "p", { A: 1 })
+      yield* TestClock.adjust(ROUND)
+      // One failed round (its retries included) is not yet "keeps failing".
+      const once = (yield* flushOf)!
+      expect(once).toMatchObject({
+        node: "only",
+        pendingVotes: 1,
+        failing: false,
+        lastError: expect.stringContaining("OOM")
+      })
+      expect(once.failingSinceMsAgo).toBeGreaterThanOrEqual(0)
+      expect(once.lastSuccessMsAgo).toBeGreaterThan(once.failingSinceMsAgo!)
+
+      yield* voteMany(store, "p", { C: 1 })
+      yield* TestClock.adjust(ROUND)
+      const twice = (yield* flushOf)!
+      expect(twice).toMatchObject({ pendingVotes: 2, failing: true, lastError: expect.stringContaining("OOM") })
+      expect(twice.failingSinceMsAgo).toBeGreaterThanOrEqual(Duration.toMillis(FLUSH))
+      expect(twice.lastFailureMsAgo).toBeLessThan(twice.failingSinceMsAgo!)
+      // The age keeps growing while nothing succeeds.
+      yield* TestClock.adjust(Duration.millis(250))
+      expect((yield* flushOf)!.failingSinceMsAgo).toBe(twice.failingSinceMsAgo! + 250)
+      expect((yield* store.health).pendingVotes).toBe(2)
+      expect(yield* countsOf(store, "p")).toEqual({ A: 3, B: 1, C: 1 })
+      expect(yield* inner.stored("p")).toEqual({ A: 2, B: 1 })
+
+      inner.state.refusing = undefined
+      yield* TestClock.adjust(ROUND)
+      const recovered = (yield* flushOf)!
+      expect(recovered).toMatchObject({
+        pendingVotes: 0,
+        failing: false,
+        failingSinceMsAgo: null,
+        lastError: expect.stringContaining(OOM)
+      })
+      expect(recovered.lastSuccessMsAgo).toBeLessThan(recovered.lastFailureMsAgo!)
+      expect(yield* inner.stored("p")).toEqual({ A: 3, B: 1, C: 1 })
+      yield* TestClock.adjust(Duration.times(FLUSH, 3))
+      expect(yield* inner.stored("p")).toEqual({ A: 3, B: 1, C: 1 })
+      // The refused batch went out again under its own id until it was taken; the round after sent the rest.
+      const ids = inner.state.attempts.map((a) => a.id)
+      expect(new Set(ids).size).toBe(3)
+    })
+  )
+
+  it.scoped(
+    "a batch whose seal record cannot be written is kept, reported and sent once it can: none lost or doubled",
+    () =>
+      Effect.gen(function* () {
+        const inner = yield* makeInner()
+        const disk = { full: false }
+        const journal: Journal.JournalShape = {
+          ...Journal.layerNoneService,
+          sealed: () =>
+            disk.full ? new JournalFailed({ reason: "ENOSPC: no space left on device, write" }) : Effect.void
+        }
+        const store = yield* inner.buffered({ flushInterval: FLUSH }, journal)
+        yield* voteMany(store, "p", { A: 2, B: 1 })
+        disk.full = true
+        yield* TestClock.adjust(ROUND)
+        yield* TestClock.adjust(ROUND)
+        // Never sent while its record could not be made durable, and still counted in reads.
+        expect(inner.state.attempts).toEqual([])
+        expect(yield* countsOf(store, "p")).toEqual({ A: 2, B: 1 })
+        const flush = (yield* store.health).flushes?.find((f) => f.node === "only")
+        expect(flush).toMatchObject({ pendingVotes: 3, failing: true, lastError: expect.stringContaining("ENOSPC") })
+
+        disk.full = false
+        yield* TestClock.adjust(ROUND)
+        expect(yield* inner.stored("p")).toEqual({ A: 2, B: 1 })
+        yield* TestClock.adjust(Duration.times(FLUSH, 2))
+        expect(yield* inner.stored("p")).toEqual({ A: 2, B: 1 })
+        expect(inner.state.attempts).toHaveLength(1)
+        expect((yield* store.health).flushes?.find((f) => f.node === "only")?.failing).toBe(false)
+      })
   )
 })

@@ -139,6 +139,9 @@ afterAll(() => streams.forEach((s) => s.close()))
 
 const json = (body: unknown) => JSON.stringify(body)
 const create = (app: App, body: unknown) => app.request("POST", "/api/v1/polls", json(body))
+/** Closes a poll as its organiser, with the key its creation answered. */
+const close = (app: App, id: string, created: { json: any }) =>
+  app.request("POST", `/api/v1/polls/${id}/close`, undefined, { authorization: `Bearer ${created.json.organiser_key}` })
 const total = (results: Record<string, number>) => Object.values(results).reduce((s, n) => s + n, 0)
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
@@ -208,7 +211,7 @@ describe("results stream", () => {
     expect((await batchedA.vote(id, "salad")).status).toBe(200)
     await stream.waitFor((d) => d.results.salad === 1, { what: "the vote" })
     const from = stream.events.length
-    expect((await batchedA.request("POST", `/api/v1/polls/${id}/close`)).status).toBe(200)
+    expect((await close(batchedA, id, created)).status).toBe(200)
     const closed = await stream.waitFor((d) => d.closed === true, { from, what: "closed: true" })
     expect(closed.data.results).toEqual({ soup: 0, salad: 1 })
   })
@@ -227,7 +230,7 @@ describe("results stream", () => {
     const stream = await track(openStream(batchedB, id))
     await stream.waitFor((d) => d.closed === false, { what: "the open poll" })
     const from = stream.events.length
-    expect((await batchedA.request("POST", `/api/v1/polls/${id}/close`)).status).toBe(200)
+    expect((await close(batchedA, id, created)).status).toBe(200)
     await stream.waitFor((d) => d.closed === true, { from, timeoutMs: CROSS_INSTANCE_MS, what: "closed: true" })
   })
 

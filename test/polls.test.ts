@@ -53,9 +53,26 @@ afterAll(async () => {
 const json = (body: unknown) => JSON.stringify(body)
 const JSON_HEADERS = { "content-type": "application/json" }
 
-const create = (app: App, body: unknown) => app.request("POST", "/api/v1/polls", json(body), JSON_HEADERS)
 const getPoll = (app: App, pollId: string) => app.request("GET", `/api/v1/polls/${pollId}`)
-const closePoll = (app: App, pollId: string) => app.request("POST", `/api/v1/polls/${pollId}/close`)
+/** The organiser key each poll was created with, by id: closing needs it. */
+const keys = new Map<string, string>()
+const create = async (app: App, body: unknown) => {
+  const reply = await app.request("POST", "/api/v1/polls", json(body), JSON_HEADERS)
+  if (reply.status === 201) keys.set(reply.json.id, reply.json.organiser_key)
+  return reply
+}
+/** The definition as GET shows it: the 201 without the organiser key, which is shown once only. */
+const shown = (created: Reply) => {
+  const { organiser_key: _, ...definition } = created.json
+  return definition
+}
+const closePoll = (app: App, pollId: string, key = keys.get(pollId)) =>
+  app.request(
+    "POST",
+    `/api/v1/polls/${pollId}/close`,
+    undefined,
+    key === undefined ? {} : { authorization: `Bearer ${key}` }
+  )
 
 interface Voter {
   readonly id?: string
@@ -107,7 +124,8 @@ describe("poll definitions (redis stage)", () => {
       closes_at: null,
       closed: false,
       open: true,
-      created_at: expect.any(String)
+      created_at: expect.any(String),
+      organiser_key: expect.stringMatching(/^[A-Za-z0-9_-]{32}$/)
     })
     expect(Math.abs(Date.parse(generated.json.created_at) - Date.now())).toBeLessThan(60_000)
     const another = await create(app(), draft())
@@ -124,10 +142,11 @@ describe("poll definitions (redis stage)", () => {
         const r = await getPoll(server, id)
         return r.status === 200 ? r : undefined
       })
-      expect(read.json).toEqual(given.json)
-      expect((await server.request("GET", `/polls/${id}`)).json).toEqual(given.json)
+      expect(read.json).toEqual(shown(given))
+      expect((await server.request("GET", `/polls/${id}`)).json).toEqual(shown(given))
     }
-    expect((await getPoll(app(), generated.json.id)).json).toEqual(generated.json)
+    expect((await getPoll(app(), generated.json.id)).json).toEqual(shown(generated))
+    expect(another.json.organiser_key).not.toBe(generated.json.organiser_key)
   })
 
   it.each([
@@ -171,7 +190,7 @@ describe("poll definitions (redis stage)", () => {
     expect(original.status).toBe(201)
     expectError(await create(app(), draft({ id, question: "Replaced?" })), 409, "poll_exists")
     expectError(await create(other(), draft({ id, question: "Replaced?" })), 409, "poll_exists")
-    expect((await getPoll(app(), id)).json).toEqual(original.json)
+    expect((await getPoll(app(), id)).json).toEqual(shown(original))
   })
 
   it("an unknown poll is 404 poll_not_found, also one that has ad-hoc votes", async () => {
@@ -240,6 +259,71 @@ describe("poll definitions (redis stage)", () => {
     expect((await app().results(id)).json).toMatchObject({ results: { A: 1, B: 0 }, closed: true })
     // Closing twice is harmless.
     expect((await closePoll(other(), id)).json).toMatchObject({ closed: true })
+  })
+
+  it("closing needs the organiser key: 401 without it, 403 with another, and the store keeps only its hash", async () => {
+    const id = pollId("key")
+    const created = await create(app(), draft({ id }))
+    const key: string = created.json.organiser_key
+    const other_ = await create(app(), draft({ id: pollId("other-key") }))
+    const refusedWithout = await closePoll(app(), id, "")
+    expectError(refusedWithout, 401, "organiser_key_required")
+    expect(refusedWithout.headers.get("www-authenticate")).toMatch(/^Bearer/)
+    expectError(
+      await app().request("POST", `/api/v1/polls/${id}/close`, undefined, { authorization: key }),
+      401,
+      "organiser_key_required"
+    )
+    expectError(await closePoll(app(), id, other_.json.organiser_key), 403, "wrong_organiser_key")
+    expectError(await closePoll(other(), id, `${key}x`), 403, "wrong_organiser_key")
+    expect((await getPoll(app(), id)).json).toMatchObject({ closed: false, open: true })
+    expect((await vote(app(), id, "A")).status).toBe(200)
+    // Whatever Redis holds of the poll, the key is not in it.
+    const client = first.client()
+    for (const name of await client.keys(`poll:{${id}}:*`)) {
+      const type = await client.type(name)
+      const value = type === "string" ? await client.get(name) : JSON.stringify(await client.hgetall(name))
+      expect(value).not.toContain(key)
+    }
+    client.disconnect()
+    expect(
+      (await other().request("POST", `/api/v1/polls/${id}/close`, undefined, { authorization: `bearer  ${key}` })).json
+    ).toMatchObject({ closed: true })
+  })
+
+  it("a poll whose definition the store lost takes no votes (503 definition_lost) until it is defined again", async () => {
+    const id = pollId("lost")
+    expect((await create(app(), draft({ id, one_vote_per_voter: true }))).status).toBe(201)
+    expect((await vote(app(), id, "A", { id: "gus" })).status).toBe(200)
+    expect((await vote(other(), id, "B", { id: "hal" })).status).toBe(200)
+    // What a restore from an older snapshot, or a FLUSHALL, leaves of this poll: nothing.
+    const client = first.client()
+    await client.del(`poll:{${id}}:definition`, `poll:{${id}}:organiser`, `poll:{${id}}:voters`, `poll:{${id}}:counts`)
+    await client.srem("livepoll:polls", id)
+    client.disconnect()
+    for (const server of [app(), other()]) {
+      // Within the definition cache's second the old rules may still apply; never the ad-hoc ones.
+      const refused = await eventually(async () => {
+        const r = await vote(server, id, "A")
+        expect(r.status).not.toBe(200)
+        return r.status === 503 ? r : undefined
+      })
+      expectError(refused, 503, "definition_lost")
+      expectError(await vote(server, id, "Z"), 503, "definition_lost")
+      expectError(await server.results(id), 503, "definition_lost")
+    }
+    expect(app().output()).toMatch(new RegExp(`poll ${id} was defined, but node redis has no definition of it`))
+    // Its organiser defines it again: the rules are back, everywhere.
+    expect((await create(other(), draft({ id, one_vote_per_voter: true }))).status).toBe(201)
+    for (const server of [app(), other()]) {
+      const counted = await eventually(async () => {
+        const r = await vote(server, id, "A", { id: `ivy-${server.port}` })
+        return r.status === 200 ? r : undefined
+      })
+      expect(counted.status).toBe(200)
+      expectError(await vote(server, id, "A"), 400, "voter_required")
+    }
+    expect((await app().results(id)).json.results).toEqual({ A: 2, B: 0 })
   })
 
   it("a poll whose closes_at has passed refuses votes", async () => {
@@ -380,5 +464,27 @@ describe.each(["memory", "redis", "batched", "sharded", "full"])("one vote per v
     for (const id of [one, two]) expect((await create(a, draft({ id, one_vote_per_voter: true }))).status).toBe(201)
     expect((await vote(a, one, "A", { id: "erin" })).status).toBe(200)
     expect((await vote(b, two, "B", { id: "erin" })).status).toBe(200)
+  })
+})
+
+describe.each(["memory", "redis"])("MAX_POLLS, %s stage", (stage) => {
+  it("refuses a definition past MAX_POLLS with 409 too_many_polls, and keeps the ones it holds", async () => {
+    const redis = stage === "redis" ? await startRedis() : undefined
+    try {
+      const app = await startApp({
+        env: { POLL_STAGE: stage, MAX_POLLS: "2", ...(redis === undefined ? {} : { REDIS_URL: redis.url }) }
+      })
+      const ids = [pollId("cap"), pollId("cap"), pollId("cap")]
+      expect((await create(app, draft({ id: ids[0] }))).status).toBe(201)
+      expect((await create(app, draft({ id: ids[1] }))).status).toBe(201)
+      expectError(await create(app, draft({ id: ids[2] })), 409, "too_many_polls")
+      expectError(await getPoll(app, ids[2]!), 404, "poll_not_found")
+      expect((await getPoll(app, ids[1]!)).status).toBe(200)
+      // A taken id is still a taken id, not a full store.
+      expectError(await create(app, draft({ id: ids[0] })), 409, "poll_exists")
+      await app.stop()
+    } finally {
+      await redis?.stop()
+    }
   })
 })

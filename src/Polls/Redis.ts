@@ -1,14 +1,15 @@
-import { Duration, Effect, Layer, Runtime, Schedule, Schema } from "effect"
-import type { PollId, VoterId } from "../Domain.js"
-import { PollDefinition, PollExists, PollNotFound } from "../Domain.js"
-import type { PollsShape } from "../Polls.js"
-import { Polls, withCache } from "../Polls.js"
+import { Duration, Effect, Layer, Option, Runtime, Schedule, Schema } from "effect"
+import type { PollId } from "../Domain.js"
+import { DefinitionLost, PollDefinition, PollExists, PollNotFound, TooManyPolls } from "../Domain.js"
+import type { CloseError, PollsShape } from "../Polls.js"
+import { checkOrganiserKey, Polls, withCache } from "../Polls.js"
 import * as RedisClient from "../RedisClient.js"
 import * as Ring from "../Ring.js"
 
 /** Beside `poll:{id}:counts`: same hash tag, so the same node and the same Redis Cluster slot. */
 export const definitionKey = (pollId: string) => `poll:{${pollId}}:definition`
-export const votersKey = (pollId: string) => `poll:{${pollId}}:voters`
+/** The SHA-256 of the poll's organiser key (hex); the key itself is never stored. */
+export const organiserKey = (pollId: string) => `poll:{${pollId}}:organiser`
 /** Per node: the ids of the polls defined there, so an instance knows without a round trip that a poll is ad hoc. */
 export const INDEX_KEY = "livepoll:polls"
 const CREATED_CHANNEL = "livepoll:poll-created"
@@ -18,8 +19,13 @@ const ACK_CHANNEL = "livepoll:poll-created-ack"
 const ACK_WAIT_MS = 1000
 const RESYNC_MS = 5000
 
+// KEYS: definition, index, organiser key hash. ARGV: definition, poll id, key hash, most definitions per node.
+// 0: the id is taken; -1: the node holds as many definitions as it may.
 const CREATE_SCRIPT = `
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[4]) then return -1 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[2])
 return 1 + redis.call('PUBLISH', '${CREATED_CHANNEL}', ARGV[2])`
 
@@ -36,7 +42,11 @@ return encoded`
 const decode = Schema.decodeUnknown(Schema.parseJson(PollDefinition))
 
 /** Definitions and voter sets on the node the ring gives each poll (one node for the single-Redis stages). */
-export const make = Effect.fn("Polls.redis.make")(function* (nodes: ReadonlyArray<RedisClient.RedisNode>) {
+export const make = Effect.fn("Polls.redis.make")(function* (
+  nodes: ReadonlyArray<RedisClient.RedisNode>,
+  /** Definitions each node holds at most (`MAX_POLLS`). */
+  maxPolls: number
+) {
   const ring = Ring.make(nodes.map((n) => n.name))
   const runFork = Runtime.runFork(yield* Effect.runtime<never>())
   const clients = new Map(
@@ -44,7 +54,7 @@ export const make = Effect.fn("Polls.redis.make")(function* (nodes: ReadonlyArra
       // Voter checks sit on the vote path: commands of one tick share a round trip.
       Effect.map(RedisClient.acquire(node, { autoPipelining: true }), (client) => {
         client.defineCommand("livepollClose", { numberOfKeys: 1, lua: CLOSE_SCRIPT })
-        client.defineCommand("livepollCreate", { numberOfKeys: 2, lua: CREATE_SCRIPT })
+        client.defineCommand("livepollCreate", { numberOfKeys: 3, lua: CREATE_SCRIPT })
         return [node.name, { client, call: RedisClient.caller(node.name) }] as const
       })
     )
@@ -88,15 +98,27 @@ export const make = Effect.fn("Polls.redis.make")(function* (nodes: ReadonlyArra
     })
   }
 
+  // Ids whose definition went missing, each logged once; bounded by the definitions this instance has seen.
+  const lost = new Set<string>()
   const read = (pollId: PollId) => {
     const { client, call } = nodeFor(pollId)
     return call("read poll", () => client.get(definitionKey(pollId))).pipe(
-      Effect.flatMap((text) => (text === null ? Effect.succeedNone : Effect.asSome(parse(pollId, text))))
+      Effect.flatMap((text) => {
+        if (text !== null) return Effect.asSome(parse(pollId, text))
+        // A poll this instance saw defined cannot turn ad hoc: its node lost its data, and with it the poll's rules.
+        if (!defined.has(pollId)) return Effect.succeedNone
+        if (lost.has(pollId)) return new DefinitionLost({ pollId })
+        lost.add(pollId)
+        return Effect.zipRight(
+          Effect.logError(`poll ${pollId} was defined, but node ${Ring.nodeFor(ring, pollId)} has no definition of it`),
+          new DefinitionLost({ pollId })
+        )
+      })
     )
   }
 
   const shape: PollsShape = {
-    create: (poll) => {
+    create: (poll, keyHash) => {
       const { client, call } = nodeFor(poll.id)
       const create = (client as unknown as { livepollCreate: (...a: Array<string>) => Promise<number> }).livepollCreate
       let confirmed = 0
@@ -114,11 +136,22 @@ export const make = Effect.fn("Polls.redis.make")(function* (nodes: ReadonlyArra
         }
       })
       return call("create poll", () =>
-        create.call(client, definitionKey(poll.id), INDEX_KEY, JSON.stringify(poll), poll.id)
+        create.call(
+          client,
+          definitionKey(poll.id),
+          INDEX_KEY,
+          organiserKey(poll.id),
+          JSON.stringify(poll),
+          poll.id,
+          keyHash,
+          String(maxPolls)
+        )
       ).pipe(
-        Effect.flatMap((result) => {
+        Effect.flatMap((result): Effect.Effect<PollDefinition, PollExists | TooManyPolls> => {
           if (result === 0) return new PollExists({ pollId: poll.id })
+          if (result === -1) return new TooManyPolls({ limit: maxPolls })
           defined.add(poll.id)
+          lost.delete(poll.id)
           // The script's answer is 1 + the number of connections the announcement reached: one per instance.
           expected = result - 1
           return Effect.as(allConfirmed, poll)
@@ -128,24 +161,26 @@ export const make = Effect.fn("Polls.redis.make")(function* (nodes: ReadonlyArra
     },
     get: (pollId, fresh) => (defined.has(pollId) || fresh ? read(pollId) : Effect.succeedNone),
     mayBeDefined: (pollId) => defined.has(pollId),
-    close: (pollId) => {
+    close: (pollId, key) => {
       const { client, call } = nodeFor(pollId)
-      return call("close poll", () =>
-        (client as unknown as { livepollClose: (key: string) => Promise<string | null> }).livepollClose(
-          definitionKey(pollId)
-        )
-      ).pipe(Effect.flatMap((text) => (text === null ? new PollNotFound({ pollId }) : parse(pollId, text))))
-    },
-    claimVoter: (pollId: PollId, voterId: VoterId) => {
-      const { client, call } = nodeFor(pollId)
-      return Effect.map(
-        call("record voter", () => client.sadd(votersKey(pollId), voterId)),
-        (added) => added === 1
+      return call("read organiser key", () => client.get(organiserKey(pollId))).pipe(
+        Effect.flatMap((hash): Effect.Effect<void, CloseError> =>
+          hash === null
+            ? // No hash: no such poll, or one defined before polls had keys (which nobody can close but an operator).
+              Effect.flatMap(read(pollId), (poll): Effect.Effect<void, CloseError> =>
+                Option.isNone(poll) ? new PollNotFound({ pollId }) : checkOrganiserKey(pollId, undefined, key)
+              )
+            : checkOrganiserKey(pollId, hash, key)
+        ),
+        Effect.zipRight(
+          call("close poll", () =>
+            (client as unknown as { livepollClose: (key: string) => Promise<string | null> }).livepollClose(
+              definitionKey(pollId)
+            )
+          )
+        ),
+        Effect.flatMap((text) => (text === null ? new PollNotFound({ pollId }) : parse(pollId, text)))
       )
-    },
-    releaseVoter: (pollId: PollId, voterId: VoterId) => {
-      const { client, call } = nodeFor(pollId)
-      return Effect.asVoid(call("release voter", () => client.srem(votersKey(pollId), voterId)))
     }
   }
   const cached = yield* withCache(shape)
@@ -153,5 +188,5 @@ export const make = Effect.fn("Polls.redis.make")(function* (nodes: ReadonlyArra
   return cached
 })
 
-export const layer = (nodes: ReadonlyArray<RedisClient.RedisNode>): Layer.Layer<Polls> =>
-  Layer.scoped(Polls, make(nodes))
+export const layer = (nodes: ReadonlyArray<RedisClient.RedisNode>, maxPolls: number): Layer.Layer<Polls> =>
+  Layer.scoped(Polls, make(nodes, maxPolls))

@@ -35,6 +35,19 @@ export const make = Effect.fn("VoteStore.cached.make")(function* (inner: VoteSto
     // A failed read is never cached: the next request tries the store again.
     ttlMs: () => ttlMs
   })
+  /** The store's counts of these polls may have changed: snapshots read before now are stale. */
+  const changed = (pollIds: Iterable<PollId>) => {
+    flushes++
+    for (const pollId of pollIds) {
+      flushedAt.set(pollId, flushes)
+      cache.invalidate(pollId)
+    }
+    // Bounded like the cache: past it, forget per-poll marks and treat every older snapshot as stale.
+    if (flushedAt.size > capacity) {
+      flushedAt.clear()
+      floor = flushes
+    }
+  }
   const store: VoteStoreShape = {
     ...inner,
     // A snapshot cannot say whether an unconfirmed batch is in it, so a read that asks (even about no batch: the
@@ -51,21 +64,11 @@ export const make = Effect.fn("VoteStore.cached.make")(function* (inner: VoteSto
     // A flushed batch changes what the store holds: drop the snapshots it touched, whether or not the call
     // reported success (a timed-out batch may have been applied).
     applyBatch: (batch) =>
-      inner.applyBatch(batch).pipe(
-        Effect.ensuring(
-          Effect.suspend(() => {
-            flushes++
-            for (const pollId of batch.increments.keys()) flushedAt.set(pollId, flushes)
-            // Bounded like the cache: past it, forget per-poll marks and treat every older snapshot as stale.
-            if (flushedAt.size > capacity) {
-              flushedAt.clear()
-              floor = flushes
-            }
-            for (const pollId of batch.increments.keys()) cache.invalidate(pollId)
-            return Effect.void
-          })
-        )
-      )
+      inner.applyBatch(batch).pipe(Effect.ensuring(Effect.sync(() => changed(batch.increments.keys())))),
+    // A one-vote-per-voter vote skips any buffer above: it is in the store at once, and must show at once like a
+    // buffered vote does, so it drops its poll's snapshot as a flush would.
+    voteOnce: (pollId, optionId, voterId) =>
+      inner.voteOnce(pollId, optionId, voterId).pipe(Effect.ensuring(Effect.sync(() => changed([pollId]))))
   }
   return store
 })

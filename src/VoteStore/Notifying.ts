@@ -7,6 +7,8 @@ import { InnerStore, VoteStore } from "../VoteStore.js"
 export const make = (inner: VoteStoreShape, feed: FeedShape): VoteStoreShape => ({
   ...inner,
   vote: (pollId, optionId) => Effect.zipLeft(inner.vote(pollId, optionId), feed.changed(pollId)),
+  voteOnce: (pollId, optionId, voterId) =>
+    Effect.zipLeft(inner.voteOnce(pollId, optionId, voterId), feed.changed(pollId)),
   applyBatch: (batch) =>
     Effect.zipLeft(inner.applyBatch(batch), Effect.forEach(batch.increments.keys(), feed.changed, { discard: true }))
 })

@@ -1,7 +1,14 @@
 import { Effect, Layer } from "effect"
 import type { Redis } from "ioredis"
-import type { Batch, OptionId, PollId } from "../Domain.js"
-import { MAX_OPTIONS_PER_POLL, MAX_POLLS_PER_BATCH, TooManyOptions } from "../Domain.js"
+import type { Batch, OptionId, PollId, VoteError } from "../Domain.js"
+import {
+  AlreadyVoted,
+  MAX_OPTIONS_PER_POLL,
+  MAX_POLLS_PER_BATCH,
+  newCounts,
+  StoreUnavailable,
+  TooManyOptions
+} from "../Domain.js"
 import * as RedisClient from "../RedisClient.js"
 import type { VoteStoreShape } from "../VoteStore.js"
 import { VoteStore } from "../VoteStore.js"
@@ -10,14 +17,24 @@ import { VoteStore } from "../VoteStore.js"
 export const countsKey = (pollId: string) => `poll:{${pollId}}:counts`
 const batchKey = (batchId: string) => `livepoll:batch:${batchId}`
 
+/** The voters of a one-vote-per-voter poll, beside its counts (same hash tag, same node). */
+export const votersKey = (pollId: string) => `poll:{${pollId}}:voters`
+
 /** How long a node remembers an applied batch id; far longer than any retry of that batch can take. */
 const BATCH_MEMORY_SECONDS = 24 * 60 * 60
 
-const VOTE_SCRIPT = `
+// KEYS: the counts hash. ARGV: option, option cap, deadline. -1: the poll is at its cap; -2: arrived too late.
+const VOTE_SCRIPT = `${RedisClient.fence(3)}
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 or redis.call('HLEN', KEYS[1]) < tonumber(ARGV[2]) then
   return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 end
 return -1`
+
+// KEYS: the counts hash, the voters set. ARGV: option, voter, deadline. The record and the count, or neither.
+const VOTE_ONCE_SCRIPT = `${RedisClient.fence(3)}
+if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+return 1`
 
 // KEYS: batch marker, then one counts hash per poll. ARGV: marker ttl, then per poll: n, field1, amount1, ...
 const APPLY_BATCH_SCRIPT = `
@@ -44,7 +61,8 @@ return { redis.call('HGETALL', KEYS[1]), applied }`
 
 interface LivepollRedis extends Redis {
   livepollResults(numKeys: number, ...keys: Array<string>): Promise<[Array<string>, Array<number>]>
-  livepollVote(key: string, option: string, max: number): Promise<number>
+  livepollVote(key: string, option: string, max: number, deadline: number): Promise<number>
+  livepollVoteOnce(counts: string, voters: string, option: string, voter: string, deadline: number): Promise<number>
   livepollApplyBatch(numKeys: number, ...args: Array<string | number>): Promise<number>
 }
 
@@ -52,6 +70,7 @@ export type RedisOptions = RedisClient.RedisNode
 
 const withScripts = (client: Redis): LivepollRedis => {
   client.defineCommand("livepollVote", { numberOfKeys: 1, lua: VOTE_SCRIPT })
+  client.defineCommand("livepollVoteOnce", { numberOfKeys: 2, lua: VOTE_ONCE_SCRIPT })
   client.defineCommand("livepollApplyBatch", { lua: APPLY_BATCH_SCRIPT })
   client.defineCommand("livepollResults", { lua: RESULTS_SCRIPT })
   return client as LivepollRedis
@@ -69,28 +88,41 @@ const batchArgs = (batch: Batch): Array<string | number> => {
 }
 
 const toCounts = (flat: ReadonlyArray<string>): Record<string, number> => {
-  const counts: Record<string, number> = {}
+  const counts = newCounts()
   for (let i = 0; i + 1 < flat.length; i += 2) counts[flat[i]!] = Number(flat[i + 1])
   return counts
 }
 
 export const make = Effect.fn("VoteStore.redis.make")(function* (options: RedisOptions) {
   const client = withScripts(yield* RedisClient.acquire(options))
+  // One-vote-per-voter votes go to Redis one by one, whatever the stage: concurrent ones share a round trip.
+  const pipelined = withScripts(yield* RedisClient.acquire(options, { autoPipelining: true }))
+  const clock = yield* RedisClient.serverClock(client)
   const call = RedisClient.caller(options.name)
+  const tooLate = new StoreUnavailable({ node: options.name, reason: "the vote reached the node after its deadline" })
 
   const store: VoteStoreShape = {
     vote: (pollId: PollId, optionId: OptionId) =>
       Effect.flatMap(
-        call("vote", () => client.livepollVote(countsKey(pollId), optionId, MAX_OPTIONS_PER_POLL)),
-        (result) => (result < 0 ? new TooManyOptions({ pollId }) : Effect.void)
+        call("vote", () => client.livepollVote(countsKey(pollId), optionId, MAX_OPTIONS_PER_POLL, clock.deadline())),
+        (result): Effect.Effect<void, VoteError> =>
+          result === -1 ? new TooManyOptions({ pollId }) : result === -2 ? tooLate : Effect.void
+      ),
+    voteOnce: (pollId, optionId, voterId) =>
+      Effect.flatMap(
+        call("vote", () =>
+          pipelined.livepollVoteOnce(countsKey(pollId), votersKey(pollId), optionId, voterId, clock.deadline())
+        ),
+        (result): Effect.Effect<void, VoteError | AlreadyVoted> =>
+          result === 0 ? new AlreadyVoted({ pollId }) : result === -2 ? tooLate : Effect.void
       ),
     results: (pollId: PollId, batchIds?: ReadonlyArray<string>) =>
       batchIds === undefined || batchIds.length === 0
         ? Effect.map(
             call("results", () => client.hgetall(countsKey(pollId))),
             (raw) => {
-              const counts: Record<string, number> = {}
-              for (const field in raw) counts[field] = Number(raw[field])
+              const counts = newCounts()
+              for (const field of Object.keys(raw)) counts[field] = Number(raw[field])
               return { counts, servedVia: options.name, appliedBatches: [] }
             }
           )

@@ -20,6 +20,7 @@ export const make = (nodes: ReadonlyArray<ShardNode>, virtualNodes = Ring.DEFAUL
   const storeFor = (pollId: PollId) => byName.get(Ring.nodeFor(ring, pollId))!
   return {
     vote: (pollId: PollId, optionId: OptionId) => storeFor(pollId).vote(pollId, optionId),
+    voteOnce: (pollId, optionId, voterId) => storeFor(pollId).voteOnce(pollId, optionId, voterId),
     results: (pollId: PollId, batchIds?: ReadonlyArray<string>) => storeFor(pollId).results(pollId, batchIds),
     applyBatch: (batch: Batch) => {
       const parts = new Map<string, Map<PollId, ReadonlyMap<OptionId, number>>>()

@@ -1,8 +1,24 @@
-import { Cause, Duration, Effect, Exit, Layer, Schedule } from "effect"
-import type { Batch, Increments, OptionId, PollId, PollResults, StoreUnavailable, VoteError } from "../Domain.js"
+import { Cause, Clock, Duration, Effect, Exit, Layer, Schedule } from "effect"
+import type {
+  Batch,
+  Health,
+  Increments,
+  OptionId,
+  PollId,
+  PollResults,
+  StoreUnavailable,
+  VoteError
+} from "../Domain.js"
 import * as Journal from "../Journal.js"
 import type { JournalShape } from "../Journal.js"
-import { addCounts, BufferFull, MAX_OPTIONS_PER_POLL, MAX_POLLS_PER_BATCH, TooManyOptions } from "../Domain.js"
+import {
+  addCounts,
+  BufferFull,
+  copyCounts,
+  MAX_OPTIONS_PER_POLL,
+  MAX_POLLS_PER_BATCH,
+  TooManyOptions
+} from "../Domain.js"
 import type { VoteStoreShape } from "../VoteStore.js"
 import { InnerStore, VoteStore } from "../VoteStore.js"
 
@@ -35,6 +51,12 @@ interface Partition {
   pendingEntries: number
   /** Bumped whenever pending is sealed into a batch or a batch is confirmed; a read that spans a change retries. */
   epoch: number
+  /** Flushes that failed since the last one that succeeded (a round stops at its first failure: one per round). */
+  failedFlushes: number
+  /** When the first of those failed; undefined while the last flush succeeded. */
+  failingSince: number | undefined
+  lastFailure: { readonly at: number; readonly error: string } | undefined
+  lastSuccess: number | undefined
 }
 
 const addTo = (counter: Counter, pollId: PollId, optionId: OptionId, n: number): boolean => {
@@ -47,6 +69,19 @@ const addTo = (counter: Counter, pollId: PollId, optionId: OptionId, n: number):
   options.set(optionId, (before ?? 0) + n)
   return before === undefined
 }
+
+const describe = (error: unknown) => (error instanceof Error ? error.message : String(error))
+
+/**
+ * Runs a background step so that its failure, or a defect, is logged in one line and ends nothing: the flush loop
+ * must outlive any one bad round (a full disk, a store refusing writes). Interruption still stops it.
+ */
+const survive = (what: string) => (effect: Effect.Effect<unknown>) =>
+  Effect.catchAllCause(effect, (cause) =>
+    Cause.isInterruptedOnly(cause)
+      ? Effect.failCause(cause)
+      : Effect.logWarning(`${what} failed, will try again: ${describe(Cause.squash(cause))}`)
+  )
 
 const retryPolicy = Schedule.exponential(Duration.millis(100)).pipe(Schedule.intersect(Schedule.recurs(2)))
 
@@ -83,7 +118,11 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
         pendingVotes: 0,
         pendingEntries: 0,
         epoch: 0,
-        inflightJournaled: true
+        inflightJournaled: true,
+        failedFlushes: 0,
+        failingSince: undefined,
+        lastFailure: undefined,
+        lastSuccess: undefined
       }
       partitions.set(name, partition)
     }
@@ -166,15 +205,21 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
       ),
       Effect.exit
     )
+    const now = yield* Clock.currentTimeMillis
     if (Exit.isSuccess(exit)) {
       partition.inflight = undefined
       partition.epoch++
       bufferedEntries -= batch.entries
+      partition.lastSuccess = now
+      partition.failingSince = undefined
+      partition.failedFlushes = 0
       yield* journal.confirmed(batch.id)
     } else {
-      yield* Effect.logWarning(
-        `flush of batch ${batch.id} to ${partition.name} failed, kept for retry: ${Cause.squash(exit.cause)}`
-      )
+      const error = describe(Cause.squash(exit.cause))
+      partition.lastFailure = { at: now, error }
+      partition.failingSince ??= now
+      partition.failedFlushes++
+      yield* Effect.logWarning(`flush of batch ${batch.id} to ${partition.name} failed, kept for retry: ${error}`)
     }
     return { partition: partition.name, votes: batch.votes, polls: batch.increments.size, ok: Exit.isSuccess(exit) }
   })
@@ -231,7 +276,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
       `journal replayed: ${bufferedVotes()} accepted votes not yet in the store, ${recovered.batches.length} batches to resend`
     )
   }
-  yield* journal.compact(journalState)
+  yield* journal.compact(journalState).pipe(survive("journal compaction"))
 
   const lock = yield* Effect.makeSemaphore(1)
 
@@ -264,12 +309,16 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     }
   })
 
-  yield* flushOnce.pipe(Effect.schedule(Schedule.spaced(options.flushInterval)), Effect.forkScoped)
+  yield* flushOnce.pipe(
+    survive("flush round"),
+    Effect.schedule(Schedule.spaced(options.flushInterval)),
+    Effect.forkScoped
+  )
 
   yield* Effect.addFinalizer(() =>
     flushAll.pipe(
       Effect.timeout(options.shutdownDeadline ?? Duration.seconds(5)),
-      Effect.catchAll(() => Effect.succeed(bufferedVotes())),
+      Effect.catchAllCause(() => Effect.succeed(bufferedVotes())),
       Effect.flatMap((left) =>
         left === 0
           ? Effect.logInfo("shutdown flush complete: nothing left buffered")
@@ -284,20 +333,33 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     if (earlyFlushRunning) return Effect.void
     earlyFlushRunning = true
     return flushOnce.pipe(
+      survive("early flush"),
       Effect.ensuring(Effect.sync(() => (earlyFlushRunning = false))),
       Effect.forkIn(scope),
       Effect.asVoid
     )
   })
 
+  /**
+   * A vote enters the buffer only once its journal line is durable, so a vote refused with 503 is never counted:
+   * the journal calls `count` at that moment (a compaction then sees it), or else it runs when the append succeeds.
+   * The cap was checked before the append, so votes whose appends are in flight together may pass it by their number.
+   */
   const accept = (partition: Partition, pollId: PollId, optionId: OptionId) => {
-    if (addTo(partition.pending, pollId, optionId, 1)) {
-      partition.pendingEntries++
-      bufferedEntries++
+    let counted = false
+    const count = () => {
+      if (counted) return
+      counted = true
+      if (addTo(partition.pending, pollId, optionId, 1)) {
+        partition.pendingEntries++
+        bufferedEntries++
+      }
+      partition.pendingVotes++
     }
-    partition.pendingVotes++
-    const journaled = journal.append(pollId, optionId)
-    return bufferedEntries >= maxEntries / 2 ? Effect.zipRight(earlyFlush, journaled) : journaled
+    return Effect.flatMap(journal.append(pollId, optionId, count), () => {
+      count()
+      return bufferedEntries >= maxEntries / 2 ? earlyFlush : Effect.void
+    })
   }
 
   /**
@@ -315,13 +377,32 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     return Effect.flatMap(inner.results(pollId, asked), (stored) => {
       // A batch sealed or confirmed while the store was being read could be counted twice or not at all.
       if (partition.epoch !== epoch && attempt < 5) return readExact(partition, pollId, fresh, attempt + 1)
-      const counts = addCounts({ ...stored.counts }, pending.get(pollId))
+      const counts = addCounts(copyCounts(stored.counts), pending.get(pollId))
       if (inflight !== undefined && !stored.appliedBatches?.includes(inflight.id)) {
         addCounts(counts, inflight.increments.get(pollId))
       }
       return Effect.succeed({ counts, servedVia: stored.servedVia })
     })
   }
+
+  const intervalMs = Duration.toMillis(options.flushInterval)
+  const ago = (now: number, at: number | undefined) => (at === undefined ? null : now - at)
+  /** One entry per node of the inner store, and per partition no node is named after. */
+  const flushHealth = (inner: Health, now: number): NonNullable<Health["flushes"]> =>
+    [...new Set([...inner.nodes.map((n) => n.name), ...partitions.keys()])].map((node) => {
+      const p = partitions.get(node)
+      return {
+        node,
+        pendingVotes: p === undefined ? 0 : p.pendingVotes + (p.inflight?.votes ?? 0),
+        failing:
+          p !== undefined &&
+          (p.failedFlushes >= 2 || (p.failingSince !== undefined && now - p.failingSince > 2 * intervalMs)),
+        failingSinceMsAgo: ago(now, p?.failingSince),
+        lastFailureMsAgo: ago(now, p?.lastFailure?.at),
+        lastSuccessMsAgo: ago(now, p?.lastSuccess),
+        lastError: p?.lastFailure?.error ?? null
+      }
+    })
 
   const store: VoteStoreShape = {
     // The hot path: plain synchronous steps, no generator and no span (each cost a measurable share per vote).
@@ -349,9 +430,19 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
         const partition = partitions.get(inner.partitionOf(pollId))
         return partition === undefined ? inner.results(pollId, fresh) : readExact(partition, pollId, fresh, 1)
       }),
+    // Not buffered: the voter's record decides before the 200, and the count goes with it.
+    voteOnce: inner.voteOnce,
     applyBatch: inner.applyBatch,
     partitionOf: inner.partitionOf,
-    health: inner.health.pipe(Effect.map((h) => ({ ...h, pendingVotes: h.pendingVotes + bufferedVotes() })))
+    health: Effect.map(
+      Effect.all([inner.health, journal.health ?? Effect.succeed(undefined), Clock.currentTimeMillis]),
+      ([h, j, now]) => ({
+        ...h,
+        pendingVotes: h.pendingVotes + bufferedVotes(),
+        flushes: flushHealth(h, now),
+        ...(j === undefined ? {} : { journal: j })
+      })
+    )
   }
   return store
 })

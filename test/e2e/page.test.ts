@@ -67,9 +67,12 @@ afterAll(async () => {
   if (profile !== undefined) rmSync(profile, { recursive: true, force: true })
 })
 
+/** Organiser keys by poll id, as each 201 showed them. */
+const organiserKeys = new Map<string, string>()
 const createPoll = async (body: unknown) => {
   const reply = await app.request("POST", "/api/v1/polls", JSON.stringify(body))
   expect(reply.status, reply.text).toBe(201)
+  organiserKeys.set(reply.json.id, reply.json.organiser_key)
   return reply.json.id as string
 }
 
@@ -294,7 +297,8 @@ describe("poll page", () => {
     expect(await page.evaluate(() => document.activeElement?.textContent)).toBe("Tomato soup")
     expect(await page.getByRole("button", { name: "Tomato soup" }).getAttribute("aria-describedby")).toMatch(/\S/)
 
-    expect((await app.request("POST", `/api/v1/polls/${pollId}/close`)).status).toBe(200)
+    const authorization = `Bearer ${organiserKeys.get(pollId)}`
+    expect((await app.request("POST", `/api/v1/polls/${pollId}/close`, undefined, { authorization })).status).toBe(200)
     await until(
       () => page.locator("#closed").isVisible(),
       (v) => v,
