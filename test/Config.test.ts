@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Either, Option } from "effect"
+import { readFileSync } from "node:fs"
 import { AppConfig, effectiveLimits, parseOpenFileLimit, parseRedisNodes, VARIABLES } from "../src/Config.js"
 
 const load = (env: Record<string, string>) =>
@@ -135,6 +136,46 @@ describe("AppConfig", () => {
       yield* failsNaming("HEADERS_TIMEOUT_MS", env)
       yield* failsNaming("REQUEST_TIMEOUT_MS", env)
       expect((yield* load({ HEADERS_TIMEOUT_MS: "4000", REQUEST_TIMEOUT_MS: "4000" })).headersTimeoutMs).toBe(4000)
+    })
+  )
+
+  it.effect("the README's configuration table lists every variable, with the default the app uses", () =>
+    Effect.gen(function* () {
+      const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8")
+      const section = readme.slice(
+        readme.indexOf("## Configuration"),
+        readme.indexOf("\n## ", readme.indexOf("## Configuration") + 3)
+      )
+      const rows = new Map<string, string>()
+      for (const line of section.split("\n")) {
+        const cells = /^\|\s*`([A-Z_]+)`\s*\|\s*(.*?)\s*\|/.exec(line)
+        if (cells !== null) rows.set(cells[1]!, cells[2]!)
+      }
+      expect([...rows.keys()].sort()).toEqual([...VARIABLES].sort())
+      // Each variable's default: set the variable alone to another value, find the one setting that changes, and
+      // compare what it holds by default with the table.
+      const defaults: Record<string, unknown> = yield* load({})
+      const other: Record<string, string> = {
+        HOST: "127.0.0.2",
+        POLL_STAGE: "redis",
+        REDIS_URL: "redis://10.0.0.9:6379",
+        REDIS_NODES: "redis://10.0.0.9:7000",
+        JOURNAL_DIR: "/tmp/elsewhere"
+      }
+      for (const [name, documented] of rows) {
+        const plain = documented.replace(/`/g, "")
+        const changedTo = other[name] ?? String(Number(plain) + 1)
+        const changed: Record<string, unknown> = yield* load({ [name]: changedTo })
+        const fields = Object.keys(defaults).filter((k) => JSON.stringify(defaults[k]) !== JSON.stringify(changed[k]))
+        expect(fields, name).toHaveLength(1)
+        const value = defaults[fields[0]!]
+        const shown = Option.isOption(value)
+          ? Option.match(value, { onNone: () => "unset", onSome: String })
+          : Array.isArray(value)
+            ? value.map((n: { url: string }) => n.url).join(",")
+            : String(value)
+        expect(plain.startsWith(shown), `${name}: README says ${documented}, the app uses ${shown}`).toBe(true)
+      }
     })
   )
 
