@@ -11,7 +11,9 @@ import { type RedisServer, startRedis } from "../support/redis.js"
 // The browser's globals, for the functions this file sends into the page (the project compiles without the DOM lib).
 declare const document: any, window: any, localStorage: any, getComputedStyle: any
 
-const CHROMIUM = "/usr/bin/chromium"
+// Debian's chromium package by default; CHROMIUM_PATH names another Chromium binary (on macOS, for instance,
+// "/Applications/Chromium.app/Contents/MacOS/Chromium").
+const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium"
 const CHROMIUM_ARGS = [
   "--headless",
   "--no-sandbox",
@@ -39,7 +41,8 @@ let browser: BrowserContext
 beforeAll(async () => {
   if (!existsSync(CHROMIUM)) {
     throw new Error(
-      `${CHROMIUM} is missing: the page test needs Debian's chromium package (apt-get install -y chromium)`
+      `${CHROMIUM} is missing: the page test drives Chromium. Install Debian's chromium package ` +
+        `(apt-get install -y chromium), or set CHROMIUM_PATH to the path of another Chromium binary`
     )
   }
   profile = mkdtempSync(join(tmpdir(), "livepoll-chromium-"))
