@@ -15,13 +15,19 @@ let redis: RedisServer
 let disk: string
 const apps: Array<App> = []
 
+/** Runs a mount command as root: directly when we are root, else through passwordless sudo. */
+const asRoot = (command: string, args: ReadonlyArray<string>) =>
+  process.getuid?.() === 0 ? execFileSync(command, args) : execFileSync("sudo", ["-n", command, ...args])
+
 beforeAll(async () => {
   redis = await startRedis()
   disk = mkdtempSync(join(tmpdir(), "livepoll-journal-disk-"))
   try {
-    execFileSync("mount", ["-t", "tmpfs", "-o", "size=512k", "tmpfs", disk])
+    asRoot("mount", ["-t", "tmpfs", "-o", "size=512k,mode=1777", "tmpfs", disk])
   } catch (error) {
-    throw new Error(`this test mounts a tmpfs as the journal's disk and must run as root: ${String(error)}`)
+    throw new Error(
+      `this test mounts a tmpfs as the journal's disk: run it as root or with passwordless sudo (${String(error)})`
+    )
   }
 })
 
@@ -30,9 +36,9 @@ afterAll(async () => {
   await redis?.stop()
   if (disk !== undefined) {
     try {
-      execFileSync("umount", [disk])
+      asRoot("umount", [disk])
     } catch {
-      execFileSync("umount", ["-l", disk])
+      asRoot("umount", ["-l", disk])
     }
     rmdirSync(disk)
   }
