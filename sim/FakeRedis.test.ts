@@ -1,10 +1,11 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, TestClock } from "effect"
-import type { Batch, OptionId, PollId } from "../src/Domain.js"
+import type { OptionId, PollId } from "../src/Domain.js"
 import { MAX_OPTIONS_PER_POLL } from "../src/Domain.js"
 import type { VoteStoreShape } from "../src/VoteStore.js"
 import { makeMemory } from "../src/VoteStore.js"
 import * as FakeRedis from "./FakeRedis.js"
+import { type Batch } from "../src/VoteStore.js"
 
 const poll = (id: string) => id as PollId
 const option = (id: string) => id as OptionId

@@ -1,16 +1,16 @@
 import { Effect, Random } from "effect"
-import type { Batch, OptionId, PollId, PollResults } from "../src/Domain.js"
+import type { OptionId, PollId, PollResults } from "../src/Domain.js"
 import {
   addCounts,
   AlreadyVoted,
   MAX_OPTIONS_PER_POLL,
-  MAX_POLLS_PER_BATCH,
   newCounts,
   StoreUnavailable,
   TooManyOptions
 } from "../src/Domain.js"
 import { COMMAND_TIMEOUT_MS } from "../src/RedisClient.js"
 import type { VoteStoreShape } from "../src/VoteStore.js"
+import { MAX_POLLS_PER_BATCH, type Batch } from "../src/VoteStore.js"
 
 /**
  * One Redis shard in memory, with the semantics of src/VoteStore/Redis.ts (the 256-option cap on single votes, batches

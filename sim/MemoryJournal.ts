@@ -1,7 +1,7 @@
 import { Effect } from "effect"
-import type { Increments } from "../src/Domain.js"
-import type { JournalShape, JournalState } from "../src/Journal.js"
-import { encode, render, replay } from "../src/Journal.js"
+import type { JournalShape, JournalState } from "../src/VoteStore/Journal.js"
+import { encode, render, replay } from "../src/VoteStore/Journal.js"
+import { type Increments } from "../src/VoteStore.js"
 
 /**
  * The write-behind journal kept as text in memory instead of a file, in the record format of src/Journal.ts and

@@ -1,6 +1,6 @@
 import { Cause, Duration, Effect, Exit, Fiber, Logger, Random, Scope } from "effect"
 import type { OptionId, PollId } from "../src/Domain.js"
-import * as Journal from "../src/Journal.js"
+import * as Journal from "../src/VoteStore/Journal.js"
 import { COMMAND_TIMEOUT_MS } from "../src/RedisClient.js"
 import * as Ring from "../src/Ring.js"
 import type { VoteStoreShape } from "../src/VoteStore.js"
@@ -474,7 +474,7 @@ export const run = (scenario: Scenario, variant: Variant = real, options: RunOpt
             ...(config.maxEntries === undefined ? {} : { maxEntries: config.maxEntries }),
             ...(config.maxPollsPerBatch === undefined ? {} : { maxPollsPerBatch: config.maxPollsPerBatch })
           },
-          journal?.journal ?? Journal.layerNoneService
+          journal?.journal ?? Journal.none
         )
       }).pipe(Scope.extend(scope))
       note(`i${index} started as ${id}`)

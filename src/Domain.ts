@@ -30,9 +30,6 @@ export const isOptionId = (u: unknown): u is OptionId => Identifier.is(u)
 /** The contract's cap on distinct options per poll. */
 export const MAX_OPTIONS_PER_POLL = 256
 
-/** Polls in one write-behind batch: the buffer seals no more, and a store may refuse more. */
-export const MAX_POLLS_PER_BATCH = 500
-
 export type Counts = Readonly<Record<string, number>>
 
 /**
@@ -53,18 +50,6 @@ export interface PollResults {
    * write-behind buffer add an unconfirmed batch to a read exactly when the store does not already hold it.
    */
   readonly appliedBatches?: ReadonlyArray<string>
-}
-
-/** Increments to apply together: poll -> option -> amount. */
-export type Increments = ReadonlyMap<PollId, ReadonlyMap<OptionId, number>>
-
-/**
- * A unit of write-behind work. The id makes applying it idempotent: a store that has seen the id
- * already must not apply the increments again.
- */
-export interface Batch {
-  readonly id: string
-  readonly increments: Increments
 }
 
 export interface NodeHealth {

@@ -1,11 +1,9 @@
-import { Context, Effect, Layer, Runtime } from "effect"
+import { Context, Effect, Layer } from "effect"
 import type { PollId } from "./Domain.js"
-import * as RedisClient from "./RedisClient.js"
-import * as Ring from "./Ring.js"
 
 /**
  * "This poll's results may have changed": the signal live result streams wait for. Within one instance it is a
- * direct call; across instances it travels over Redis pub/sub on the poll's own node.
+ * direct call (`layerLocal`); across instances it travels over Redis pub/sub on the poll's own node (`Feed/Redis.ts`).
  */
 export interface FeedShape {
   /** The poll changed in the shared store: wakes this instance's streams and, shortly after, every other instance's. */
@@ -18,15 +16,8 @@ export interface FeedShape {
 
 export class Feed extends Context.Tag("livepoll/Feed")<Feed, FeedShape>() {}
 
-export const CHANNEL = "livepoll:changed"
-/**
- * Signals to other instances go out together: one PUBLISH per node per interval, listing the polls that changed, so
- * the cost does not grow with the vote rate. Past `MAX_IDS_PER_SIGNAL` polls it says "*" (re-read every watched poll).
- */
-export const SIGNAL_INTERVAL_MS = 100
-const MAX_IDS_PER_SIGNAL = 1000
-
-const makeLocal = () => {
+/** The listeners of this instance, by poll: every backend signals its own streams through it. */
+export const makeLocal = () => {
   const listeners = new Map<PollId, Set<() => void>>()
   const notify = (pollId: PollId) => listeners.get(pollId)?.forEach((listener) => listener())
   const notifyAll = () => listeners.forEach((set) => set.forEach((listener) => listener()))
@@ -48,47 +39,3 @@ export const layerLocal: Layer.Layer<Feed> = Layer.sync(Feed, () => {
   const notify = (pollId: PollId) => Effect.sync(() => local.notify(pollId))
   return { changed: notify, local: notify, subscribe: local.subscribe }
 })
-
-/** Publishes each poll's signal on the node the ring gives the poll, and listens on every node. */
-export const layerRedis = (nodes: ReadonlyArray<RedisClient.RedisNode>): Layer.Layer<Feed> =>
-  Layer.scoped(
-    Feed,
-    Effect.gen(function* () {
-      const local = makeLocal()
-      const ring = Ring.make(nodes.map((n) => n.name))
-      const runFork = Runtime.runFork(yield* Effect.runtime<never>())
-      const pending = new Map<string, Set<PollId>>()
-      const publish = new Map<string, (message: string) => void>()
-      for (const node of nodes) {
-        const client = yield* RedisClient.acquire(node, { autoPipelining: true })
-        const subscriber = yield* RedisClient.acquire(node, { subscriber: true })
-        subscriber.on("message", (_channel: string, message: string) =>
-          message === "*" ? local.notifyAll() : message.split(" ").forEach((id) => local.notify(id as PollId))
-        )
-        subscriber.subscribe(CHANNEL).catch(() => {
-          // ioredis subscribes again by itself once the node is back.
-        })
-        const call = RedisClient.caller(node.name)
-        publish.set(node.name, (message) =>
-          runFork(Effect.ignore(call("publish", () => client.publish(CHANNEL, message))))
-        )
-        pending.set(node.name, new Set())
-      }
-      const timer = setInterval(() => {
-        for (const [node, polls] of pending) {
-          if (polls.size === 0) continue
-          publish.get(node)!(polls.size > MAX_IDS_PER_SIGNAL ? "*" : [...polls].join(" "))
-          polls.clear()
-        }
-      }, SIGNAL_INTERVAL_MS)
-      yield* Effect.addFinalizer(() => Effect.sync(() => clearInterval(timer)))
-      const changed = (pollId: PollId) =>
-        Effect.sync(() => {
-          local.notify(pollId)
-          const polls = pending.get(Ring.nodeFor(ring, pollId))!
-          // One past the limit is enough to send "*"; the set never grows further.
-          if (polls.size <= MAX_IDS_PER_SIGNAL) polls.add(pollId)
-        })
-      return { changed, local: (pollId: PollId) => Effect.sync(() => local.notify(pollId)), subscribe: local.subscribe }
-    })
-  )

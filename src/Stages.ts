@@ -2,7 +2,8 @@ import { ConfigError, Duration, Effect, Layer, Option } from "effect"
 import type { AppConfig, Stage } from "./Config.js"
 import { AppConfig as AppConfigSpec } from "./Config.js"
 import * as Feed from "./Feed.js"
-import * as Journal from "./Journal.js"
+import * as FeedRedis from "./Feed/Redis.js"
+import * as Journal from "./VoteStore/Journal.js"
 import * as Polls from "./Polls.js"
 import * as PollsRedis from "./Polls/Redis.js"
 import { asInner, InnerStore, layerMemory, VoteStore } from "./VoteStore.js"
@@ -35,7 +36,7 @@ const onRedis = (
   c: AppConfig,
   nodes: ReadonlyArray<{ url: string; name: string }>,
   store: Layer.Layer<VoteStore, never, Feed.Feed>
-) => Layer.merge(store, PollsRedis.layer(nodes, c.maxPolls)).pipe(Layer.provideMerge(Feed.layerRedis(nodes)))
+) => Layer.merge(store, PollsRedis.layer(nodes, c.maxPolls)).pipe(Layer.provideMerge(FeedRedis.layer(nodes)))
 
 /** The six stages of the design, each one layer composition. Reading a row left to right reads the stack outside-in. */
 export const compositions: Record<Stage, (c: AppConfig) => Layer.Layer<Services>> = {

@@ -1,6 +1,21 @@
 import { Context, Effect, Layer } from "effect"
-import type { Batch, Health, PollId, OptionId, PollResults, StoreUnavailable, VoteError, VoterId } from "./Domain.js"
+import type { Health, PollId, OptionId, PollResults, StoreUnavailable, VoteError, VoterId } from "./Domain.js"
 import { addCounts, AlreadyVoted, MAX_OPTIONS_PER_POLL, newCounts, TooManyOptions } from "./Domain.js"
+
+/** Polls in one write-behind batch: the buffer seals no more, and a store may refuse more. */
+export const MAX_POLLS_PER_BATCH = 500
+
+/** Increments to apply together: poll -> option -> amount. */
+export type Increments = ReadonlyMap<PollId, ReadonlyMap<OptionId, number>>
+
+/**
+ * A unit of write-behind work. The id makes applying it idempotent: a store that has seen the id
+ * already must not apply the increments again.
+ */
+export interface Batch {
+  readonly id: string
+  readonly increments: Increments
+}
 
 export interface VoteStoreShape {
   readonly vote: (pollId: PollId, optionId: OptionId) => Effect.Effect<void, VoteError>

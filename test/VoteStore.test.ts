@@ -3,7 +3,6 @@ import { Duration, Effect, Schedule, type Scope, TestClock } from "effect"
 import type { Redis } from "ioredis"
 import {
   AlreadyVoted,
-  type Batch,
   MAX_OPTIONS_PER_POLL,
   OptionId,
   PollId,
@@ -15,7 +14,7 @@ import * as Cached from "../src/VoteStore/Cached.js"
 import * as RedisStore from "../src/VoteStore/Redis.js"
 import * as Sharded from "../src/VoteStore/Sharded.js"
 import * as WriteBehind from "../src/VoteStore/WriteBehind.js"
-import { IN_MEMORY, makeMemory, type VoteStoreShape } from "../src/VoteStore.js"
+import { IN_MEMORY, makeMemory, type VoteStoreShape, type Batch } from "../src/VoteStore.js"
 import { type RedisServer, startRedis } from "./support/redis.js"
 
 const poll = (id: string) => PollId.make(id)

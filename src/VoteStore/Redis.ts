@@ -1,17 +1,11 @@
 import { Effect, Layer } from "effect"
 import type { Redis } from "ioredis"
-import type { Batch, OptionId, PollId, VoteError } from "../Domain.js"
-import {
-  AlreadyVoted,
-  MAX_OPTIONS_PER_POLL,
-  MAX_POLLS_PER_BATCH,
-  newCounts,
-  StoreUnavailable,
-  TooManyOptions
-} from "../Domain.js"
+import type { OptionId, PollId, VoteError } from "../Domain.js"
+import { AlreadyVoted, MAX_OPTIONS_PER_POLL, newCounts, StoreUnavailable, TooManyOptions } from "../Domain.js"
 import * as RedisClient from "../RedisClient.js"
 import type { VoteStoreShape } from "../VoteStore.js"
 import { VoteStore } from "../VoteStore.js"
+import { MAX_POLLS_PER_BATCH, type Batch } from "../VoteStore.js"
 
 /** The contract's key layout; the braces are a Redis Cluster hash tag. */
 export const countsKey = (pollId: string) => `poll:{${pollId}}:counts`

@@ -1,9 +1,10 @@
 import { Effect, Layer } from "effect"
-import type { Batch, OptionId, PollId } from "../Domain.js"
+import type { OptionId, PollId } from "../Domain.js"
 import * as Ring from "../Ring.js"
 import type { VoteStoreShape } from "../VoteStore.js"
 import { VoteStore } from "../VoteStore.js"
 import * as RedisStore from "./Redis.js"
+import { type Batch } from "../VoteStore.js"
 
 export interface ShardNode {
   readonly name: string

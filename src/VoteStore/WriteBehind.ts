@@ -1,26 +1,11 @@
 import { Cause, Clock, Duration, Effect, Exit, Layer, Schedule } from "effect"
-import type {
-  Batch,
-  Health,
-  Increments,
-  OptionId,
-  PollId,
-  PollResults,
-  StoreUnavailable,
-  VoteError
-} from "../Domain.js"
-import * as Journal from "../Journal.js"
-import type { JournalShape } from "../Journal.js"
-import {
-  addCounts,
-  BufferFull,
-  copyCounts,
-  MAX_OPTIONS_PER_POLL,
-  MAX_POLLS_PER_BATCH,
-  TooManyOptions
-} from "../Domain.js"
+import type { Health, OptionId, PollId, PollResults, StoreUnavailable, VoteError } from "../Domain.js"
+import * as Journal from "./Journal.js"
+import type { JournalShape } from "./Journal.js"
+import { addCounts, BufferFull, copyCounts, MAX_OPTIONS_PER_POLL, TooManyOptions } from "../Domain.js"
 import type { VoteStoreShape } from "../VoteStore.js"
 import { InnerStore, VoteStore } from "../VoteStore.js"
+import { MAX_POLLS_PER_BATCH, type Batch, type Increments } from "../VoteStore.js"
 
 export interface WriteBehindOptions {
   readonly flushInterval: Duration.DurationInput
@@ -98,7 +83,7 @@ const countOf = (increments: Increments) => {
 export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
   inner: VoteStoreShape,
   options: WriteBehindOptions,
-  journal: JournalShape = Journal.layerNoneService
+  journal: JournalShape = Journal.none
 ) {
   const maxEntries = options.maxEntries ?? 200_000
   const maxPollsPerBatch = options.maxPollsPerBatch ?? MAX_POLLS_PER_BATCH

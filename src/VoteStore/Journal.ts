@@ -1,8 +1,9 @@
 import { Context, Effect, Layer } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import type { Batch, Health, Increments, OptionId, PollId } from "./Domain.js"
-import { JournalFailed } from "./Domain.js"
+import type { Health, OptionId, PollId } from "../Domain.js"
+import { JournalFailed } from "../Domain.js"
+import { type Batch, type Increments } from "../VoteStore.js"
 
 /**
  * Local write-ahead journal of the write-behind buffer, so a killed process loses no vote it answered 200 to.
@@ -318,7 +319,7 @@ export const makeFile = Effect.fn("Journal.makeFile")(function* (dir: string, fi
 export const layerFile = (dir: string): Layer.Layer<Journal> => Layer.scoped(Journal, makeFile(dir))
 
 /** No journal: a crash loses what the buffer held (a graceful stop still flushes it). */
-export const layerNoneService: JournalShape = {
+export const none: JournalShape = {
   recover: Effect.succeed({ pending: new Map(), batches: [] }),
   append: () => Effect.void,
   sealed: () => Effect.void,
@@ -326,4 +327,4 @@ export const layerNoneService: JournalShape = {
   compact: () => Effect.void
 }
 
-export const layerNone: Layer.Layer<Journal> = Layer.succeed(Journal, layerNoneService)
+export const layerNone: Layer.Layer<Journal> = Layer.succeed(Journal, none)

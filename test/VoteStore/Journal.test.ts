@@ -5,8 +5,9 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { describe, expect } from "vitest"
-import { type Batch, JournalFailed, type OptionId, type PollId } from "../src/Domain.js"
-import * as Journal from "../src/Journal.js"
+import { JournalFailed, type OptionId, type PollId } from "../../src/Domain.js"
+import * as Journal from "../../src/VoteStore/Journal.js"
+import { type Batch } from "../../src/VoteStore.js"
 
 const p = (s: string) => s as PollId
 const o = (s: string) => s as OptionId

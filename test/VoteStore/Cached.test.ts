@@ -1,8 +1,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Either, TestClock } from "effect"
-import { type Counts, OptionId, PollId, StoreUnavailable } from "../src/Domain.js"
-import * as Cached from "../src/VoteStore/Cached.js"
-import type { VoteStoreShape } from "../src/VoteStore.js"
+import { type Counts, OptionId, PollId, StoreUnavailable } from "../../src/Domain.js"
+import * as Cached from "../../src/VoteStore/Cached.js"
+import type { VoteStoreShape } from "../../src/VoteStore.js"
 
 const INNER = "inner_node"
 const TTL = Duration.seconds(5)

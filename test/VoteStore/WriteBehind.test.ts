@@ -1,9 +1,9 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Exit, Scope, TestClock } from "effect"
-import { BufferFull, JournalFailed, OptionId, PollId, StoreUnavailable } from "../src/Domain.js"
-import * as Journal from "../src/Journal.js"
-import * as WriteBehind from "../src/VoteStore/WriteBehind.js"
-import { makeMemory, type VoteStoreShape } from "../src/VoteStore.js"
+import { BufferFull, JournalFailed, OptionId, PollId, StoreUnavailable } from "../../src/Domain.js"
+import * as Journal from "../../src/VoteStore/Journal.js"
+import * as WriteBehind from "../../src/VoteStore/WriteBehind.js"
+import { makeMemory, type VoteStoreShape } from "../../src/VoteStore.js"
 
 const FLUSH = Duration.seconds(1)
 /** Long enough for a flush round and its retries (100 ms, then 200 ms) to finish, and the next round to start. */
@@ -70,7 +70,7 @@ const makeInner = (partitionOf: (pollId: PollId) => string = () => "only", nodes
 const makeRoundCounter = () => {
   const rounds = { count: 0 }
   const journal: Journal.JournalShape = {
-    ...Journal.layerNoneService,
+    ...Journal.none,
     compact: () => Effect.sync(() => void rounds.count++)
   }
   return { journal, rounds }
@@ -342,7 +342,7 @@ describe("WriteBehind", () => {
       const inner = yield* makeInner()
       const disk = { full: false, durable: 0 }
       const journal: Journal.JournalShape = {
-        ...Journal.layerNoneService,
+        ...Journal.none,
         // Like the file journal: the vote is counted at the moment its line is durable, and the append succeeds after.
         append: (_pollId, _optionId, durable) =>
           Effect.suspend(() => {
@@ -390,7 +390,7 @@ describe("WriteBehind", () => {
       const inner = yield* makeInner()
       let compactions = 0
       const journal: Journal.JournalShape = {
-        ...Journal.layerNoneService,
+        ...Journal.none,
         // Every compaction after the one at start-up throws, as sync fs calls on a full disk do.
         compact: () =>
           Effect.sync(() => {
@@ -496,7 +496,7 @@ describe("WriteBehind", () => {
         const inner = yield* makeInner()
         const disk = { full: false }
         const journal: Journal.JournalShape = {
-          ...Journal.layerNoneService,
+          ...Journal.none,
           sealed: () =>
             disk.full ? new JournalFailed({ reason: "ENOSPC: no space left on device, write" }) : Effect.void
         }
