@@ -3,7 +3,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { type App, startApp } from "../support/app.js"
-import { eventually, type LoadReport, runLoad, sleep } from "../support/load.js"
+import { eventually, type LoadReport, runLoad, sleep, storedCounts, total } from "../support/load.js"
 import { type RedisServer, startRedis } from "../support/redis.js"
 
 const FLUSH_MS = 400
@@ -30,18 +30,7 @@ const start = async (env: Record<string, string> = {}) => {
 }
 
 /** What Redis holds for these polls, as `poll/option` -> count. */
-const stored = async (polls: ReadonlyArray<string>) => {
-  const client = redis.client()
-  const counts = new Map<string, number>()
-  for (const poll of polls) {
-    const hash = await client.hgetall(`poll:{${poll}}:counts`)
-    for (const [option, n] of Object.entries(hash)) counts.set(`${poll}/${option}`, Number(n))
-  }
-  client.disconnect()
-  return counts
-}
-
-const total = (counts: Map<string, number>) => [...counts.values()].reduce((a, b) => a + b, 0)
+const stored = (polls: ReadonlyArray<string>) => storedCounts(redis, polls)
 
 /** Every promised vote is in Redis exactly once: per poll and option, stored equals accepted. */
 const expectExactlyAccepted = async (polls: ReadonlyArray<string>, report: LoadReport) => {

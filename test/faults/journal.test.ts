@@ -4,7 +4,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { type App, startApp } from "../support/app.js"
-import { eventually, type LoadReport, runLoad, sleep } from "../support/load.js"
+import { compare, eventually, type LoadReport, runLoad, sleep, storedCounts, total } from "../support/load.js"
 import { type RedisServer, startRedis } from "../support/redis.js"
 
 const FLUSH_MS = 400
@@ -76,30 +76,7 @@ const fill = () => {
 const free = () => rmSync(filler(), { force: true })
 
 /** What Redis holds for these polls, as `poll/option` -> count. */
-const stored = async (polls: ReadonlyArray<string>) => {
-  const client = redis.client()
-  const counts = new Map<string, number>()
-  for (const poll of polls) {
-    const hash = await client.hgetall(`poll:{${poll}}:counts`)
-    for (const [option, n] of Object.entries(hash)) counts.set(`${poll}/${option}`, Number(n))
-  }
-  client.disconnect()
-  return counts
-}
-
-const total = (counts: Map<string, number>) => [...counts.values()].reduce((a, b) => a + b, 0)
-
-/** Per poll and option: votes answered 200 but not in Redis (lost), and in Redis beyond the 200s (doubled). */
-const compare = (accepted: Map<string, number>, inRedis: Map<string, number>) => {
-  let lost = 0
-  let doubled = 0
-  for (const key of new Set([...accepted.keys(), ...inRedis.keys()])) {
-    const difference = (inRedis.get(key) ?? 0) - (accepted.get(key) ?? 0)
-    if (difference < 0) lost -= difference
-    else doubled += difference
-  }
-  return { lost, doubled }
-}
+const stored = (polls: ReadonlyArray<string>) => storedCounts(redis, polls)
 
 /** Votes one at a time on `poll`, counting the 200s per option, until a vote gets `status` with `error`. */
 const voteUntil = async (app: App, poll: string, accepted: Map<string, number>, status: number, error?: string) =>

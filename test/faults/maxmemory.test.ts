@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { type App, startApp } from "../support/app.js"
-import { eventually, runLoad, sleep } from "../support/load.js"
+import { compare, eventually, runLoad, sleep, storedCounts, total } from "../support/load.js"
 import { type RedisServer, startRedis } from "../support/redis.js"
 
 const FLUSH_MS = 400
@@ -19,29 +19,7 @@ afterAll(async () => {
 })
 
 /** What Redis holds for these polls, as `poll/option` -> count. */
-const stored = async (polls: ReadonlyArray<string>) => {
-  const client = redis.client()
-  const counts = new Map<string, number>()
-  for (const poll of polls) {
-    const hash = await client.hgetall(`poll:{${poll}}:counts`)
-    for (const [option, n] of Object.entries(hash)) counts.set(`${poll}/${option}`, Number(n))
-  }
-  client.disconnect()
-  return counts
-}
-
-const total = (counts: Map<string, number>) => [...counts.values()].reduce((a, b) => a + b, 0)
-
-const compare = (accepted: Map<string, number>, inRedis: Map<string, number>) => {
-  let lost = 0
-  let doubled = 0
-  for (const key of new Set([...accepted.keys(), ...inRedis.keys()])) {
-    const difference = (inRedis.get(key) ?? 0) - (accepted.get(key) ?? 0)
-    if (difference < 0) lost -= difference
-    else doubled += difference
-  }
-  return { lost, doubled }
-}
+const stored = (polls: ReadonlyArray<string>) => storedCounts(redis, polls)
 
 const pollsFor = (name: string) => Array.from({ length: 8 }, (_, i) => `${name}-${i}`)
 

@@ -1,3 +1,4 @@
+import type { Redis } from "ioredis"
 import type { App } from "./app.js"
 
 export interface LoadReport {
@@ -60,4 +61,33 @@ export const eventually = async <A>(read: () => Promise<A>, done: (a: A) => bool
     if (done(value) || Date.now() > deadline) return value
     await sleep(100)
   }
+}
+
+/** What a Redis server holds for these polls, as `poll/option` -> count. */
+export const storedCounts = async (
+  server: { readonly client: () => Redis },
+  polls: ReadonlyArray<string>
+): Promise<Map<string, number>> => {
+  const client = server.client()
+  const counts = new Map<string, number>()
+  for (const poll of polls) {
+    const hash = await client.hgetall(`poll:{${poll}}:counts`)
+    for (const [option, n] of Object.entries(hash)) counts.set(`${poll}/${option}`, Number(n))
+  }
+  client.disconnect()
+  return counts
+}
+
+export const total = (counts: ReadonlyMap<string, number>) => [...counts.values()].reduce((a, b) => a + b, 0)
+
+/** Per poll and option: votes answered 200 but not stored (lost), and stored beyond the 200s (doubled). */
+export const compare = (accepted: ReadonlyMap<string, number>, stored: ReadonlyMap<string, number>) => {
+  let lost = 0
+  let doubled = 0
+  for (const key of new Set([...accepted.keys(), ...stored.keys()])) {
+    const difference = (stored.get(key) ?? 0) - (accepted.get(key) ?? 0)
+    if (difference < 0) lost -= difference
+    else doubled += difference
+  }
+  return { lost, doubled }
 }
