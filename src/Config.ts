@@ -1,24 +1,7 @@
-import { Config, ConfigError, Either } from "effect"
+import { Config, ConfigError, Either, Option } from "effect"
 
 export const STAGES = ["memory", "redis", "cached", "batched", "sharded", "full"] as const
 
-/** Every environment variable the app reads. */
-export const VARIABLES = [
-  "PORT",
-  "HOST",
-  "POLL_STAGE",
-  "REDIS_URL",
-  "REDIS_NODES",
-  "CACHE_TTL_MS",
-  "FLUSH_INTERVAL_MS",
-  "JOURNAL_DIR",
-  "MAX_POLLS",
-  "MAX_CONNECTIONS",
-  "MAX_STREAMS",
-  "HEADERS_TIMEOUT_MS",
-  "REQUEST_TIMEOUT_MS",
-  "KEEP_ALIVE_TIMEOUT_MS"
-] as const
 export type Stage = (typeof STAGES)[number]
 
 export interface RedisNode {
@@ -76,61 +59,135 @@ const MAX_TIMER_MS = 2 ** 31 - 1
 const timeout = (name: string, defaultValue: number, description: string) =>
   bounded(name, defaultValue, 1, description, MAX_TIMER_MS)
 
-const settings = Config.all({
-  port: Config.port("PORT").pipe(Config.withDefault(8000), Config.withDescription("HTTP port")),
-  host: Config.string("HOST").pipe(Config.withDefault("0.0.0.0")),
-  stage: Config.literal(...STAGES)("POLL_STAGE").pipe(
-    Config.withDefault("memory" as const),
-    Config.withDescription("which layer composition runs")
-  ),
-  redisUrl: validated(
-    Config.string("REDIS_URL").pipe(Config.withDefault("redis://127.0.0.1:6379")),
-    "REDIS_URL",
-    parseRedisUrl
-  ),
-  redisNodes: validated(
-    Config.string("REDIS_NODES").pipe(Config.withDefault("redis://127.0.0.1:7000,redis://127.0.0.1:7001")),
-    "REDIS_NODES",
-    parseRedisNodes
-  ),
-  cacheTtlMs: bounded("CACHE_TTL_MS", 5000, 0, "read-cache lifetime"),
-  flushIntervalMs: bounded("FLUSH_INTERVAL_MS", 10000, 1, "write-behind flush period"),
-  journalDir: Config.option(Config.nonEmptyString("JOURNAL_DIR")).pipe(
-    Config.withDescription("directory of the write-behind journal; unset: no journal")
-  ),
-  maxPolls: bounded(
-    "MAX_POLLS",
-    10_000,
-    1,
-    "poll definitions a store node holds at most; past it POST /polls is answered 409 too_many_polls"
-  ),
-  maxConnections: bounded(
-    "MAX_CONNECTIONS",
-    10_000,
-    1,
-    "open client connections at once; past it a new connection is answered 503 and closed (lowered to fit the " +
-      "process's open-file limit)"
-  ),
-  maxStreams: bounded(
-    "MAX_STREAMS",
-    9_000,
-    0,
-    "live result streams at once; past it a new stream is answered 503 (lowered to leave a tenth of the connections " +
-      "to other requests)"
-  ),
-  headersTimeoutMs: timeout(
-    "HEADERS_TIMEOUT_MS",
-    10_000,
-    "how long a client may take to send a request's headers (on a new connection, counted from connecting)"
-  ),
-  requestTimeoutMs: timeout(
-    "REQUEST_TIMEOUT_MS",
-    20_000,
-    "how long a client may take to send a whole request, headers and body; a body shorter than its Content-Length " +
-      "is cut here"
-  ),
-  keepAliveTimeoutMs: timeout("KEEP_ALIVE_TIMEOUT_MS", 5_000, "how long an idle keep-alive connection stays open")
+/**
+ * Every setting of the app, each once: its variable, its config (type, default, bounds, description) and how the
+ * start-up line shows it. The list of variables and the start-up line are derived from this table, and a test holds
+ * the README's configuration table to it.
+ */
+const setting = <A>(env: string, config: (env: string) => Config.Config<A>, show: (a: A) => string = String) => ({
+  env,
+  config: config(env),
+  show
 })
+
+const SETTINGS = {
+  port: setting("PORT", (env) => Config.port(env).pipe(Config.withDefault(8000), Config.withDescription("HTTP port"))),
+  host: setting("HOST", (env) =>
+    Config.string(env).pipe(Config.withDefault("0.0.0.0"), Config.withDescription("HTTP interface"))
+  ),
+  stage: setting("POLL_STAGE", (env) =>
+    Config.literal(...STAGES)(env).pipe(
+      Config.withDefault("memory" as const),
+      Config.withDescription("which layer composition runs")
+    )
+  ),
+  redisUrl: setting("REDIS_URL", (env) =>
+    validated(
+      Config.string(env).pipe(
+        Config.withDefault("redis://127.0.0.1:6379"),
+        Config.withDescription("the single node of redis, cached, batched")
+      ),
+      env,
+      parseRedisUrl
+    )
+  ),
+  redisNodes: setting(
+    "REDIS_NODES",
+    (env) =>
+      validated(
+        Config.string(env).pipe(
+          Config.withDefault("redis://127.0.0.1:7000,redis://127.0.0.1:7001"),
+          Config.withDescription("shards of sharded and full: URL or NAME=URL, comma-separated")
+        ),
+        env,
+        parseRedisNodes
+      ),
+    (nodes) => nodes.map((n) => `${n.name}=${n.url}`).join(",")
+  ),
+  cacheTtlMs: setting("CACHE_TTL_MS", (env) => bounded(env, 5000, 0, "read-cache lifetime")),
+  cacheMaxPolls: setting("CACHE_MAX_POLLS", (env) =>
+    bounded(env, 100_000, 1, "polls the read cache holds at once; the least recently used goes first")
+  ),
+  flushIntervalMs: setting("FLUSH_INTERVAL_MS", (env) => bounded(env, 10000, 1, "write-behind flush period")),
+  bufferMaxEntries: setting("BUFFER_MAX_ENTRIES", (env) =>
+    bounded(
+      env,
+      200_000,
+      1,
+      "(poll, option) entries the write-behind buffer holds at most; half of it flushes early, past it a vote for a " +
+        "new entry is 503 buffer_full"
+    )
+  ),
+  shutdownFlushMs: setting("SHUTDOWN_FLUSH_MS", (env) =>
+    timeout(env, 5000, "how long the final flush on SIGTERM may take before it reports what is left")
+  ),
+  journalDir: setting(
+    "JOURNAL_DIR",
+    (env) =>
+      Config.option(Config.nonEmptyString(env)).pipe(
+        Config.withDescription("directory of the write-behind journal; unset: no journal")
+      ),
+    (dir) => Option.getOrElse(dir, () => "off")
+  ),
+  maxPolls: setting("MAX_POLLS", (env) =>
+    bounded(
+      env,
+      10_000,
+      1,
+      "poll definitions a store node holds at most; past it POST /polls is answered 409 too_many_polls"
+    )
+  ),
+  maxConnections: setting("MAX_CONNECTIONS", (env) =>
+    bounded(
+      env,
+      10_000,
+      1,
+      "open client connections at once; past it a new connection is answered 503 and closed (lowered to fit the " +
+        "process's open-file limit)"
+    )
+  ),
+  maxStreams: setting("MAX_STREAMS", (env) =>
+    bounded(
+      env,
+      9_000,
+      0,
+      "live result streams at once; past it a new stream is answered 503 (lowered to leave a tenth of the " +
+        "connections to other requests)"
+    )
+  ),
+  headersTimeoutMs: setting("HEADERS_TIMEOUT_MS", (env) =>
+    timeout(
+      env,
+      10_000,
+      "how long a client may take to send a request's headers (on a new connection, counted from connecting)"
+    )
+  ),
+  requestTimeoutMs: setting("REQUEST_TIMEOUT_MS", (env) =>
+    timeout(
+      env,
+      20_000,
+      "how long a client may take to send a whole request, headers and body; a body shorter than its " +
+        "Content-Length is cut here"
+    )
+  ),
+  keepAliveTimeoutMs: setting("KEEP_ALIVE_TIMEOUT_MS", (env) =>
+    timeout(env, 5_000, "how long an idle keep-alive connection stays open")
+  ),
+  drainMs: setting("SHUTDOWN_DRAIN_MS", (env) =>
+    timeout(env, 3000, "how long shutdown waits for open requests before it closes their connections")
+  )
+}
+
+type Settings = typeof SETTINGS
+
+/** Every environment variable the app reads. */
+export const VARIABLES: ReadonlyArray<string> = Object.values(SETTINGS).map((s) => s.env)
+
+const settings = Config.all(
+  Object.fromEntries(Object.entries(SETTINGS).map(([key, s]) => [key, s.config])) as {
+    readonly [K in keyof Settings]: Settings[K]["config"]
+  }
+)
 
 // The headers are part of the request: node:http refuses to start with a headers deadline past the request's.
 export const AppConfig = Config.mapOrFail(settings, (c) =>
@@ -178,3 +235,12 @@ export const parseOpenFileLimit = (limits: string): number | undefined => {
   if (soft === undefined || !/^\d+$/.test(soft)) return undefined
   return Number(soft)
 }
+
+/** The start-up line's account of the configuration: every setting, as its variable names it. */
+export const describe = (c: AppConfig): string =>
+  (Object.keys(SETTINGS) as Array<keyof Settings>)
+    .map((key) => {
+      const { env, show } = SETTINGS[key] as { env: string; show: (a: unknown) => string }
+      return `${env.toLowerCase()}=${show(c[key])}`
+    })
+    .join(" ")

@@ -1,6 +1,6 @@
 import { ConfigError, Duration, Effect, Layer, Option } from "effect"
 import type { AppConfig, Stage } from "./Config.js"
-import { AppConfig as AppConfigSpec } from "./Config.js"
+import { AppConfig as AppConfigSpec, describe as describeConfig } from "./Config.js"
 import * as Feed from "./Feed.js"
 import * as FeedRedis from "./Feed/Redis.js"
 import * as Journal from "./VoteStore/Journal.js"
@@ -25,11 +25,15 @@ const single = (c: AppConfig) => [{ url: c.redisUrl, name: "redis" }]
 
 /** The bottom of every stack: the store itself, which signals changes to live result streams. */
 const base = (store: Layer.Layer<VoteStore>) => over(Notifying.layer, store)
-const cache = (c: AppConfig) => Cached.layer({ ttl: Duration.millis(c.cacheTtlMs) })
+const cache = (c: AppConfig) => Cached.layer({ ttl: Duration.millis(c.cacheTtlMs), capacity: c.cacheMaxPolls })
 const journal = (c: AppConfig) =>
   Option.match(c.journalDir, { onNone: () => Journal.layerNone, onSome: Journal.layerFile })
 const buffer = (c: AppConfig) =>
-  WriteBehind.layer({ flushInterval: Duration.millis(c.flushIntervalMs) }).pipe(Layer.provide(journal(c)))
+  WriteBehind.layer({
+    flushInterval: Duration.millis(c.flushIntervalMs),
+    maxEntries: c.bufferMaxEntries,
+    shutdownDeadline: Duration.millis(c.shutdownFlushMs)
+  }).pipe(Layer.provide(journal(c)))
 
 /** Poll definitions and change signals live on the same Redis node(s) as the counts. */
 const onRedis = (
@@ -50,24 +54,11 @@ export const compositions: Record<Stage, (c: AppConfig) => Layer.Layer<Services>
   full: (c) => onRedis(c, c.redisNodes, over(buffer(c), over(cache(c), base(Sharded.layerRedis(c.redisNodes)))))
 }
 
-const describe = (c: AppConfig) =>
-  [
-    `stage=${c.stage}`,
-    `port=${c.port}`,
-    ...(["redis", "cached", "batched"].includes(c.stage) ? [`redis=${c.redisUrl}`] : []),
-    ...(["sharded", "full"].includes(c.stage)
-      ? [`nodes=${c.redisNodes.map((n) => `${n.name}=${n.url}`).join(",")}`]
-      : []),
-    ...(["cached", "full"].includes(c.stage) ? [`cache_ttl_ms=${c.cacheTtlMs}`] : []),
-    ...(["batched", "full"].includes(c.stage) ? [`flush_interval_ms=${c.flushIntervalMs}`] : []),
-    ...(["batched", "full"].includes(c.stage) ? [`journal=${Option.getOrElse(c.journalDir, () => "off")}`] : [])
-  ].join(" ")
-
 /** The services chosen by `POLL_STAGE`. */
 export const layer: Layer.Layer<Services, ConfigError.ConfigError> = Layer.unwrapEffect(
   Effect.gen(function* () {
     const config = yield* AppConfigSpec
-    yield* Effect.logInfo(`livepoll starting: ${describe(config)}`)
+    yield* Effect.logInfo(`livepoll starting: ${describeConfig(config)}`)
     return compositions[config.stage](config)
   })
 )

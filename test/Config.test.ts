@@ -1,7 +1,14 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Either, Option } from "effect"
 import { readFileSync } from "node:fs"
-import { AppConfig, effectiveLimits, parseOpenFileLimit, parseRedisNodes, VARIABLES } from "../src/Config.js"
+import {
+  AppConfig,
+  describe as describeConfig,
+  effectiveLimits,
+  parseOpenFileLimit,
+  parseRedisNodes,
+  VARIABLES
+} from "../src/Config.js"
 
 const load = (env: Record<string, string>) =>
   Effect.withConfigProvider(AppConfig, ConfigProvider.fromMap(new Map(Object.entries(env))))
@@ -45,14 +52,18 @@ describe("AppConfig", () => {
         REDIS_URL: "redis://cache.internal:6390/2",
         REDIS_NODES: "east=redis://10.0.0.1:6380, west=redis://10.0.0.2:6381",
         CACHE_TTL_MS: "250",
+        CACHE_MAX_POLLS: "77",
         FLUSH_INTERVAL_MS: "300",
+        BUFFER_MAX_ENTRIES: "88",
+        SHUTDOWN_FLUSH_MS: "99",
         JOURNAL_DIR: "/var/lib/livepoll",
         MAX_POLLS: "50",
         MAX_CONNECTIONS: "500",
         MAX_STREAMS: "400",
         HEADERS_TIMEOUT_MS: "3000",
         REQUEST_TIMEOUT_MS: "4000",
-        KEEP_ALIVE_TIMEOUT_MS: "1500"
+        KEEP_ALIVE_TIMEOUT_MS: "1500",
+        SHUTDOWN_DRAIN_MS: "1600"
       })
       expect(config).toEqual({
         port: 9123,
@@ -64,14 +75,18 @@ describe("AppConfig", () => {
           { name: "west", url: "redis://10.0.0.2:6381" }
         ],
         cacheTtlMs: 250,
+        cacheMaxPolls: 77,
         flushIntervalMs: 300,
+        bufferMaxEntries: 88,
+        shutdownFlushMs: 99,
         journalDir: Option.some("/var/lib/livepoll"),
         maxPolls: 50,
         maxConnections: 500,
         maxStreams: 400,
         headersTimeoutMs: 3000,
         requestTimeoutMs: 4000,
-        keepAliveTimeoutMs: 1500
+        keepAliveTimeoutMs: 1500,
+        drainMs: 1600
       })
     })
   )
@@ -176,6 +191,18 @@ describe("AppConfig", () => {
             : String(value)
         expect(plain.startsWith(shown), `${name}: README says ${documented}, the app uses ${shown}`).toBe(true)
       }
+    })
+  )
+
+  it.effect("the start-up line shows every setting under its variable's name", () =>
+    Effect.gen(function* () {
+      const line = describeConfig(
+        yield* load({ JOURNAL_DIR: "/var/lib/livepoll", REDIS_NODES: "east=redis://10.0.0.1:6380" })
+      )
+      for (const name of VARIABLES) expect(line).toMatch(new RegExp(`(^| )${name.toLowerCase()}=\\S+`))
+      expect(line).toContain("journal_dir=/var/lib/livepoll")
+      expect(line).toContain("redis_nodes=east=redis://10.0.0.1:6380")
+      expect(describeConfig(yield* load({}))).toContain("journal_dir=off")
     })
   )
 
