@@ -55,7 +55,7 @@ export const defaults: Options = {
   monitor: true,
   pin: true,
   fiberBaseline: true,
-  out: "bench/results"
+  out: "bench/out"
 }
 
 export const usage = `Usage: npm run bench -- [options]   (needs dist/: npm run build)
@@ -77,7 +77,8 @@ export const usage = `Usage: npm run bench -- [options]   (needs dist/: npm run 
                          test on a core of its own and the load generator and Redis on the others
   --no-fiber-baseline    skip the bare server that runs each request in an Effect fiber (what a fiber per request
                          costs, with nothing else of the app)
-  --out DIR              where latest.json and latest.svg go (default ${defaults.out})
+  --out DIR              where latest.json and latest.svg go (default ${defaults.out}, not committed;
+                         bench/results holds the committed results)
 `
 
 const number = (flag: string, text: string | undefined, min: number, integer: boolean): number => {

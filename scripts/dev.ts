@@ -1,6 +1,7 @@
 /**
- * `npm run dev`: the whole local topology without Docker. Two redis-server shards on 127.0.0.1:7000 and :7001 (reused
- * when something already answers PING there), then the app on :8000 with every layer on. Ctrl-C stops the app first,
+ * `npm run dev`: the whole local topology without Docker. Two redis-server shards on 127.0.0.1:7000 and :7001, or the
+ * ports `DEV_SHARD_PORTS` names (reused when a standalone redis-server already answers there; a Redis in cluster mode
+ * is refused), then the app on :8000 with every layer on. Ctrl-C stops the app first,
  * so its final flush reaches the shards, then the shards this script started.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process"
@@ -10,7 +11,8 @@ import { fileURLToPath } from "node:url"
 import { Redis } from "ioredis"
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url))
-const SHARD_PORTS = [7000, 7001] as const
+/** The shards' ports: 7000 and 7001, or those `DEV_SHARD_PORTS` names (comma-separated). */
+const SHARD_PORTS = (process.env["DEV_SHARD_PORTS"] ?? "7000,7001").split(",").map((p) => Number(p.trim()))
 const READY_TIMEOUT_MS = 10_000
 const REDIS_STOP_TIMEOUT_MS = 10_000
 /** The app bounds its own final flush; this only guards against an app that never exits. */
@@ -38,6 +40,32 @@ const exited = (child: ChildProcess) =>
   })
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/**
+ * What answers on 127.0.0.1:port right now: nothing, a standalone redis-server (which the app can use as a shard), or
+ * a Redis in another mode (a cluster node answers PING, then refuses every key of other slots with MOVED).
+ */
+const probe = async (port: number): Promise<"none" | "standalone" | string> => {
+  const client = new Redis({
+    port,
+    host: "127.0.0.1",
+    lazyConnect: true,
+    connectTimeout: 1000,
+    commandTimeout: 1000,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null
+  })
+  client.on("error", () => {})
+  try {
+    await client.connect()
+    if ((await client.ping()) !== "PONG") return "none"
+    return /redis_mode:(\w+)/.exec(await client.info("server"))?.[1] ?? "standalone"
+  } catch {
+    return "none"
+  } finally {
+    client.disconnect()
+  }
+}
 
 /** Whether a Redis answers PING on 127.0.0.1:port right now. */
 const ping = async (port: number): Promise<boolean> => {
@@ -180,12 +208,23 @@ const main = async (): Promise<number> => {
     return runApp({ POLL_STAGE: "memory", PORT: "8000" })
   }
   log(`redis-server ${version} found`)
+  if (SHARD_PORTS.length === 0 || SHARD_PORTS.some((port) => !Number.isInteger(port) || port < 1 || port > 65535)) {
+    log(`DEV_SHARD_PORTS must be a comma-separated list of ports, got ${process.env["DEV_SHARD_PORTS"]}`)
+    return 1
+  }
   try {
     for (const port of SHARD_PORTS) {
       if (stopSignal !== undefined) break
-      if (await ping(port)) {
+      const found = await probe(port)
+      if (found === "standalone") {
         log(`:${port} already answers PING; using it as is (it will be left running)`)
         continue
+      }
+      if (found !== "none") {
+        throw new StartupFailed(
+          `:${port} is a Redis in ${found} mode, not a standalone redis-server the app can use as a shard: stop it, ` +
+            `or give the shards other ports, e.g. DEV_SHARD_PORTS=7100,7101 npm run dev`
+        )
       }
       await waitForShard(startShard(port))
     }
