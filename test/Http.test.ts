@@ -1,12 +1,17 @@
-import { ConfigProvider, Context, Effect, ManagedRuntime, Runtime } from "effect"
+import { ConfigProvider, Context, Effect, Layer, ManagedRuntime, Runtime } from "effect"
 import { createServer, type Server } from "node:http"
 import type { AddressInfo } from "node:net"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { AppConfig } from "../src/Config.js"
 import type { OptionId, PollId } from "../src/Domain.js"
+import * as Http from "../src/Http.js"
 import { makeHandler } from "../src/Http.js"
+import { rawAnswer } from "../src/Http/Reply.js"
+import * as Feed from "../src/Feed.js"
+import * as PollsModule from "../src/Polls.js"
 import { Polls, type PollsShape } from "../src/Polls.js"
 import * as Stages from "../src/Stages.js"
+import * as VoteStoreModule from "../src/VoteStore.js"
 import { VoteStore } from "../src/VoteStore.js"
 import { type App, eventually, killAllApps, rawRequest, type Reply, startApp } from "./support/app.js"
 import { type RedisServer, startRedis } from "./support/redis.js"
@@ -363,5 +368,246 @@ describe("unexpected failures", () => {
     })
     expect((await call("POST", "/api/v1/vote/fine", JSON.stringify({ option_id: "A" }))).status).toBe(200)
     expect((await call("GET", "/api/v1/results/fine")).status).toBe(200)
+  })
+})
+
+// ---------------------------------------------------------------------------------------------------------------------
+// In process: the route table and the handlers, with no server in between.
+
+/** The API as the contract lists it, written out here rather than read from the table it checks. */
+const API: ReadonlyArray<readonly [method: "GET" | "POST", path: string, tag: string, pollId: string | undefined]> = [
+  ["GET", "/", "Root", undefined],
+  ["GET", "/health", "Health", undefined],
+  ["POST", "/vote/p-1", "Vote", "p-1"],
+  ["GET", "/results/p-1", "Results", "p-1"],
+  ["POST", "/polls", "CreatePoll", undefined],
+  ["GET", "/polls/p-1", "GetPoll", "p-1"],
+  ["POST", "/polls/p-1/close", "ClosePoll", "p-1"],
+  ["GET", "/polls/p-1/stream", "Stream", "p-1"]
+]
+const PREFIXES = ["", "/api/v1"] as const
+const withPrefix = (prefix: string, path: string) => (prefix !== "" && path === "/" ? prefix : `${prefix}${path}`)
+const rejected = (r: Http.Route) => {
+  if (r._tag !== "Reject") throw new Error(`expected a refusal, got ${r._tag}`)
+  return r.reply
+}
+
+describe("the route table, in process", () => {
+  it("lists exactly the contract's routes", () => {
+    expect(Http.ROUTES.map(([method, path, tag]) => [method, path.replace("{id}", "p-1"), tag])).toEqual(
+      API.map(([method, path, tag]) => [method, path, tag])
+    )
+  })
+
+  describe.each(PREFIXES)("under '%s'", (prefix) => {
+    it.each(API)("%s %s routes to its handler, with a trailing slash and a query too", (method, path, tag, pollId) => {
+      const expected = pollId === undefined ? { _tag: tag } : { _tag: tag, pollId }
+      const withPage = tag === "GetPoll" ? { ...expected, page: false } : expected
+      for (const url of [withPrefix(prefix, path), `${withPrefix(prefix, path)}/`, `${withPrefix(prefix, path)}?a=1`]) {
+        expect(Http.route(method, url.replace("//", "/"))).toEqual(withPage)
+      }
+    })
+
+    it.each(API)("%s %s: HEAD is GET on a GET route and a 405 on a POST route", (method, path, tag, pollId) => {
+      const r = Http.route("HEAD", withPrefix(prefix, path))
+      if (method === "GET") {
+        expect(r._tag).toBe(tag)
+        if (pollId !== undefined) expect(r).toMatchObject({ pollId })
+      } else {
+        expect(rejected(r)).toMatchObject({ status: 405, headers: { allow: "POST" } })
+      }
+    })
+
+    it.each(API)("%s %s: any other method is a 405 naming the allowed ones", (method, path) => {
+      const url = withPrefix(prefix, path)
+      for (const other of ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"].filter((m) => m !== method)) {
+        expect(rejected(Http.route(other, url))).toEqual({
+          status: 405,
+          body: {
+            error: "method_not_allowed",
+            message: `${other} is not allowed on ${url}; use ${method === "GET" ? "GET or HEAD" : "POST"}`
+          },
+          headers: { allow: method === "GET" ? "GET, HEAD" : "POST" }
+        })
+      }
+    })
+
+    it.each([
+      "/nope",
+      "/vote",
+      "/results",
+      "/vote/p-1/extra",
+      "/results/p-1/extra",
+      "/polls/p-1/open",
+      "/polls/p-1/close/now",
+      "/health/x",
+      "/results//p-1",
+      "/api/v2/vote/p-1"
+    ])("%s is a 404 for every method", (path) => {
+      const url = withPrefix(prefix, path)
+      for (const method of ["GET", "HEAD", "POST", "PUT"]) {
+        expect(rejected(Http.route(method, url))).toEqual({
+          status: 404,
+          body: { error: "not_found", message: `no route ${url}` }
+        })
+      }
+    })
+  })
+
+  it("passes ids on as sent: a handler decodes them, so an escape that does not decode is its 400, not a 404", () => {
+    expect(Http.route("GET", "/results/p%2D1")).toEqual({ _tag: "Results", pollId: "p%2D1" })
+    expect(Http.route("POST", "/api/v1/vote/%ZZ")).toEqual({ _tag: "Vote", pollId: "%ZZ" })
+    expect(Http.route("POST", "/vote//")).toEqual({ _tag: "Vote", pollId: "" })
+  })
+
+  it("serves the page only on bare GET /polls/{id} from a browser", () => {
+    const html = "text/html,application/xhtml+xml"
+    expect(Http.route("GET", "/polls/p-1", html)).toEqual({ _tag: "GetPoll", pollId: "p-1", page: true })
+    expect(Http.route("HEAD", "/polls/p-1", html)).toEqual({ _tag: "GetPoll", pollId: "p-1", page: true })
+    expect(Http.route("GET", "/api/v1/polls/p-1", html)).toEqual({ _tag: "GetPoll", pollId: "p-1", page: false })
+    expect(Http.route("GET", "/polls/p-1", "application/json")).toEqual({ _tag: "GetPoll", pollId: "p-1", page: false })
+  })
+
+  it("takes /api/v1 as a prefix only as a whole segment", () => {
+    expect(rejected(Http.route("GET", "/api/v1health")).status).toBe(404)
+    expect(Http.route("GET", "/api/v1")).toEqual({ _tag: "Root" })
+    expect(Http.route("GET", "/api/v1/")).toEqual({ _tag: "Root" })
+  })
+})
+
+describe("refusals, in process", () => {
+  it.each([
+    [new Http.InvalidJson({ message: "m" }), 400, "invalid_json"],
+    [new Http.InvalidRequest({ message: "m" }), 400, "invalid_request"],
+    [new Http.InvalidPollId({ message: "m" }), 400, "invalid_poll_id"],
+    [new Http.InvalidPoll({ message: "m" }), 400, "invalid_poll"],
+    [new Http.RouteNotFound({ path: "/x" }), 404, "not_found"],
+    [new Http.MethodNotAllowed({ method: "PUT", path: "/x", allow: ["POST"] }), 405, "method_not_allowed"],
+    [new Http.PayloadTooLarge({ message: "m" }), 413, "payload_too_large"],
+    [new Http.ExpectationFailed(), 417, "expectation_failed"],
+    [new Http.RequestTimeout({ headersTimeoutMs: 1, requestTimeoutMs: 2 }), 408, "request_timeout"],
+    [new Http.HeadersTooLarge({ limit: 16384 }), 431, "headers_too_large"],
+    [new Http.BadRequest({ message: "m" }), 400, "bad_request"],
+    [new Http.TooManyStreams(), 503, "too_many_streams"],
+    [new Http.TooManyConnections({ limit: 10 }), 503, "too_many_connections"],
+    [new Http.InternalError(), 503, "internal_error"]
+  ])("%s is a %i %s in JSON", (error, status, code) => {
+    const reply = Http.fromError(error)
+    expect(reply).toMatchObject({ status, body: { error: code, message: error.message } })
+    expect(error.message.length).toBeGreaterThan(0)
+  })
+
+  it("a message that quotes the request is cut to 300 characters", () => {
+    const reply = Http.fromError(new Http.RouteNotFound({ path: `/${"x".repeat(1000)}` }))
+    expect((reply.body as { message: string }).message).toHaveLength(300)
+  })
+
+  it("the listener's raw answer is the same reply, written as a complete HTTP/1.1 response that closes", () => {
+    const answer = rawAnswer(new Http.TooManyConnections({ limit: 10 }))
+    const body = JSON.stringify({
+      error: "too_many_connections",
+      message: "this instance holds as many connections as it can (10); try again shortly"
+    })
+    expect(answer).toBe(
+      "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n" +
+        `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`
+    )
+    expect(rawAnswer(new Http.PayloadTooLarge({ message: "m" })).match(/connection: close/g)).toHaveLength(1)
+  })
+})
+
+describe("handlers over the memory layers, in process", () => {
+  const layers = Layer.mergeAll(VoteStoreModule.layerMemory, PollsModule.layerMemory(100), Feed.layerLocal)
+  /** Runs `use` over a fresh set of memory layers. */
+  const withApi = <A>(use: (api: ReturnType<typeof Http.makeApi>) => Effect.Effect<A>) =>
+    Effect.runPromise(
+      Effect.gen(function* () {
+        const api = Http.makeApi({ store: yield* VoteStore, polls: yield* Polls, feed: yield* Feed.Feed })
+        return yield* use(api)
+      }).pipe(Effect.provide(layers))
+    )
+  const draft = (id: string, extra: object = {}) =>
+    json({
+      id,
+      question: "Q?",
+      options: [
+        { id: "A", label: "a" },
+        { id: "B", label: "b" }
+      ],
+      ...extra
+    })
+
+  it("a vote is counted and read back", async () => {
+    const [voted, results] = await withApi((api) =>
+      Effect.all([
+        api.vote("ip-1", json({ option_id: "A" })),
+        Effect.zipRight(api.vote("ip-1", json({ option_id: "A" })), api.results("ip-1"))
+      ])
+    )
+    expect(voted).toEqual({ status: 200, body: { poll_id: "ip-1", option_id: "A" } })
+    expect(results).toEqual({ status: 200, body: { poll_id: "ip-1", results: { A: 2 }, served_via: "in_memory" } })
+  })
+
+  it.each([
+    ["invalid JSON", "p", '{"option_id"', 400, "invalid_json"],
+    ["a body nested too deep", "p", `${"[".repeat(65)}${"]".repeat(65)}`, 400, "invalid_json"],
+    ["an empty body", "p", " ", 400, "invalid_request"],
+    ["a body without option_id", "p", json({ option: "A" }), 400, "invalid_request"],
+    ["an escape that does not decode", "%ZZ", json({ option_id: "A" }), 400, "invalid_poll_id"],
+    ["a poll id with a space", "p%20x", json({ option_id: "A" }), 400, "invalid_poll_id"]
+  ])("a vote with %s is refused with its code and counts nothing", async (_, pollId, body, status, code) => {
+    const [reply, results] = await withApi((api) => Effect.all([api.vote(pollId, body), api.results("p")]))
+    expect(reply).toEqual({ status, body: { error: code, message: expect.any(String) } })
+    expect(results.body).toMatchObject({ results: {} })
+  })
+
+  it("a percent-encoded poll id is decoded", async () => {
+    const reply = await withApi((api) => api.vote("ip%2D2", json({ option_id: "A" })))
+    expect(reply).toEqual({ status: 200, body: { poll_id: "ip-2", option_id: "A" } })
+  })
+
+  it("a poll is defined, read, guarded by its organiser key and closed", async () => {
+    const replies = await withApi((api) =>
+      Effect.gen(function* () {
+        const created = yield* api.createPoll(draft("ip-poll", { one_vote_per_voter: true }))
+        const key = (created.body as { organiser_key: string }).organiser_key
+        return {
+          created,
+          got: yield* api.getPoll("ip-poll"),
+          missing: yield* api.getPoll("ip-none"),
+          again: yield* api.createPoll(draft("ip-poll")),
+          invalid: yield* api.createPoll(json({ question: "Q?", options: [] })),
+          voterless: yield* api.vote("ip-poll", json({ option_id: "A" })),
+          unknown: yield* api.vote("ip-poll", json({ option_id: "C", voter_id: "v1" })),
+          noKey: yield* api.closePoll("ip-poll", undefined),
+          wrongKey: yield* api.closePoll("ip-poll", "Bearer nope"),
+          closed: yield* api.closePoll("ip-poll", `Bearer ${key}`),
+          late: yield* api.vote("ip-poll", json({ option_id: "A", voter_id: "v1" }))
+        }
+      })
+    )
+    expect(replies.created).toMatchObject({ status: 201, body: { id: "ip-poll", open: true, closed: false } })
+    expect(replies.got).toMatchObject({ status: 200, body: { id: "ip-poll", question: "Q?", open: true } })
+    expect(replies.got.body).not.toHaveProperty("organiser_key")
+    const refused = (status: number, error: string) => ({ status, body: { error, message: expect.any(String) } })
+    expect(replies.missing).toEqual(refused(404, "poll_not_found"))
+    expect(replies.again).toEqual(refused(409, "poll_exists"))
+    expect(replies.invalid).toEqual(refused(400, "invalid_poll"))
+    expect(replies.voterless).toEqual(refused(400, "voter_required"))
+    expect(replies.unknown).toEqual(refused(422, "unknown_option"))
+    expect(replies.noKey).toEqual({
+      ...refused(401, "organiser_key_required"),
+      headers: { "www-authenticate": 'Bearer realm="livepoll"' }
+    })
+    expect(replies.wrongKey).toEqual(refused(403, "wrong_organiser_key"))
+    expect(replies.closed).toMatchObject({ status: 200, body: { id: "ip-poll", closed: true, open: false } })
+    expect(replies.late).toEqual(refused(409, "poll_closed"))
+  })
+
+  it("health is ok over the memory store", async () => {
+    expect(await withApi((api) => api.health)).toEqual({
+      status: 200,
+      body: { status: "ok", nodes: [{ name: "in_memory", reachable: true }], pending_votes: 0 }
+    })
   })
 })

@@ -1,0 +1,52 @@
+import { Effect, Either } from "effect"
+import type { IncomingMessage } from "node:http"
+import type { PollId } from "../Domain.js"
+import type { FeedShape } from "../Feed.js"
+import * as Voting from "../Voting.js"
+import { parseJson, parsePollId, parseVoteRequest, voterOf } from "./Decode.js"
+import { fromError, type Reply, reply } from "./Reply.js"
+
+const tallyBody = (pollId: string, t: Voting.Tally) =>
+  t.poll === undefined
+    ? { poll_id: pollId, results: t.counts, served_via: t.servedVia }
+    : {
+        poll_id: pollId,
+        results: t.counts,
+        served_via: t.servedVia,
+        question: t.poll.question,
+        options: t.poll.options.map((o) => ({ id: o.id, label: o.label, votes: t.counts[o.id] ?? 0 })),
+        one_vote_per_voter: t.poll.one_vote_per_voter,
+        closes_at: t.poll.closes_at,
+        closed: t.poll.closed
+      }
+
+/** Voting and results: the hot path, plain chains only. */
+export const make = (voting: ReturnType<typeof Voting.make>, feed: FeedShape) => {
+  const vote = (rawPollId: string, text: string, req?: IncomingMessage): Effect.Effect<Reply> => {
+    const pollId = parsePollId(rawPollId)
+    if (Either.isLeft(pollId)) return Effect.succeed(pollId.left)
+    const json = parseJson(text)
+    if (Either.isLeft(json)) return Effect.succeed(json.left)
+    const body = parseVoteRequest(json.right)
+    if (Either.isLeft(body)) return Effect.succeed(body.left)
+    const { option_id, voter_id } = body.right
+    const voter = req === undefined ? voter_id : voterOf(req, voter_id)
+    return voting.cast(pollId.right, option_id, voter).pipe(
+      Effect.zipLeft(feed.local(pollId.right)),
+      Effect.match({
+        onFailure: fromError,
+        onSuccess: () => reply(200, { poll_id: pollId.right, option_id })
+      })
+    )
+  }
+
+  const tally = (pollId: PollId, fresh = false) => Effect.map(voting.tally(pollId, fresh), (t) => tallyBody(pollId, t))
+
+  const results = (rawPollId: string): Effect.Effect<Reply> => {
+    const pollId = parsePollId(rawPollId)
+    if (Either.isLeft(pollId)) return Effect.succeed(pollId.left)
+    return tally(pollId.right).pipe(Effect.match({ onFailure: fromError, onSuccess: (body) => reply(200, body) }))
+  }
+
+  return { vote, results, tally }
+}
