@@ -1,3 +1,4 @@
+import * as Cookies from "@effect/platform/Cookies"
 import { Either, ParseResult, Schema } from "effect"
 import type { IncomingMessage } from "node:http"
 import { isPollId, isVoterId, PollDraft, PollId, VoteRequest, type VoterId, voteRequestOf } from "../Domain.js"
@@ -89,14 +90,10 @@ export const parseJson = (text: string): Either.Either<unknown, Reply> => {
   }
 }
 
+/** A cookie of the request, by name (@effect/platform's parser: quoted and percent-encoded values decoded). */
 export const cookie = (req: IncomingMessage, name: string): string | undefined => {
   const header = req.headers.cookie
-  if (header === undefined) return undefined
-  for (const part of header.split(";")) {
-    const eq = part.indexOf("=")
-    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim()
-  }
-  return undefined
+  return header === undefined ? undefined : Cookies.parseHeader(header)[name]
 }
 
 /** The voter: `voter_id` in the body, else the `voter` cookie the page sets. */

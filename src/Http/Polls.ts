@@ -1,3 +1,4 @@
+import * as Cookies from "@effect/platform/Cookies"
 import { Clock, Effect, Either, Option } from "effect"
 import { randomBytes } from "node:crypto"
 import type { IncomingMessage, ServerResponse } from "node:http"
@@ -72,7 +73,13 @@ export const sendPage = (req: IncomingMessage, res: ServerResponse, pollId: stri
   }
   // Gives the browser a voter id once, so one-vote-per-voter polls can tell its second vote from a new voter's.
   if (cookie(req, "voter") === undefined) {
-    headers["set-cookie"] = `voter=${randomBytes(12).toString("base64url")}; Path=/; Max-Age=31536000; SameSite=Lax`
+    headers["set-cookie"] = Cookies.serializeCookie(
+      Cookies.unsafeMakeCookie("voter", randomBytes(12).toString("base64url"), {
+        path: "/",
+        maxAge: "365 days",
+        sameSite: "lax"
+      })
+    )
   }
   res.writeHead(200, headers)
   res.end(html)
