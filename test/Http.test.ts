@@ -13,7 +13,8 @@ import { Polls, type PollsShape } from "../src/Polls.js"
 import * as Stages from "../src/Stages.js"
 import * as VoteStoreModule from "../src/VoteStore.js"
 import { VoteStore } from "../src/VoteStore.js"
-import { type App, eventually, killAllApps, rawRequest, type Reply, startApp } from "./support/app.js"
+import { type App, killAllApps, rawRequest, type Reply, startApp } from "./support/app.js"
+import { eventually } from "./support/wait.js"
 import { type RedisServer, startRedis } from "./support/redis.js"
 
 /** The contract's bound on a 503: answered within 2 s, never a hang. */

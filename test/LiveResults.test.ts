@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import type { PollId } from "../src/Domain.js"
 import * as Feed from "../src/Feed.js"
 import * as LiveResults from "../src/LiveResults.js"
+import { eventually, sleep } from "./support/wait.js"
 
 /** A response whose socket is as backed up as the test says: `write` answers `accepting`, `drain` comes on demand. */
 class FakeResponse extends EventEmitter {
@@ -46,14 +47,9 @@ const hubOf = (maxStreams: number) =>
 
 const changed = (pollId: PollId) => Runtime.runPromise(runtime)(Effect.flatMap(Feed.Feed, (feed) => feed.local(pollId)))
 
-const until = async (what: string, condition: () => boolean, timeoutMs = 2000) => {
-  const deadline = Date.now() + timeoutMs
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`${what} not within ${timeoutMs} ms`)
-    await new Promise((r) => setTimeout(r, 10))
-  }
-}
-const settle = () => new Promise((r) => setTimeout(r, LiveResults.MIN_UPDATE_INTERVAL_MS * 2))
+const until = (what: string, condition: () => boolean, timeoutMs = 2000) =>
+  eventually(async () => (condition() ? true : undefined), { what, timeoutMs, intervalMs: 10 })
+const settle = () => sleep(LiveResults.MIN_UPDATE_INTERVAL_MS * 2)
 
 describe("a client whose socket is backed up", () => {
   it("gets each event once: a drain sends only a newer one, and at most one waits in its buffer", async () => {

@@ -10,6 +10,7 @@ import { defaults, parse } from "../bench/options.js"
 import * as Pin from "../bench/pin.js"
 import { formatRss, medianRun } from "../bench/report.js"
 import { type RedisServer, startRedis } from "./support/redis.js"
+import { eventually, sleep } from "./support/wait.js"
 
 // The harness runs as its own process, as `npm run bench` runs it. Whatever it might leave behind is found by a marker
 // in the environment every process it starts inherits, or, for redis-server (which writes its title over its
@@ -80,13 +81,12 @@ const leftovers = (marker: Marker): Array<string> => {
   return found
 }
 
-const settled = async (marker: Marker) => {
-  const deadline = Date.now() + 3000
-  while (leftovers(marker).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
-  return leftovers(marker)
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+const settled = (marker: Marker) =>
+  eventually(
+    async () => leftovers(marker),
+    (found) => found.length === 0,
+    3000
+  )
 
 beforeAll(async () => {
   if (existsSync("dist/main.js")) return

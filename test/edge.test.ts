@@ -4,7 +4,8 @@ import { connect, type Socket } from "node:net"
 import { createInterface } from "node:readline"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Config from "../src/Config.js"
-import { type App, eventually, killAllApps, startApp } from "./support/app.js"
+import { type App, killAllApps, startApp } from "./support/app.js"
+import { eventually, sleep } from "./support/wait.js"
 import { exchange, header, type Outcome, pause, type RawResponse, type Step, write } from "./support/raw.js"
 import { freePort, type RedisServer, startRedis } from "./support/redis.js"
 
@@ -54,7 +55,6 @@ afterAll(async () => {
   await redis?.stop()
 })
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 const json = (body: unknown) => JSON.stringify(body)
 
 const request = (method: string, path: string, options: { body?: string; headers?: string } = {}) => {

@@ -24,6 +24,7 @@ import { type App, type Exit, startApp } from "./support/app.js"
 import * as Fuzz from "./support/fuzz.js"
 import * as Raw from "./support/raw.js"
 import { type RedisServer, startRedis } from "./support/redis.js"
+import { sleep } from "./support/wait.js"
 
 const RUNS = Number(process.env["FUZZ_RUNS"] ?? 6)
 const SEED = process.env["FUZZ_SEED"] === undefined ? undefined : Number(process.env["FUZZ_SEED"])
@@ -400,8 +401,6 @@ const absorb = (model: Model, intent: Fuzz.Intent, r: Raw.RawResponse, method: s
 }
 
 const isDead = (stage: Stage) => stage.exit !== undefined
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 /** The app's last words: the error line of a crash (not the stack frames under it), then its last lines. */
 const outputTail = (app: App) => {

@@ -2,8 +2,9 @@ import { readFileSync } from "node:fs"
 import { type ClientRequest, request as httpRequest } from "node:http"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Ring from "../src/Ring.js"
-import { type App, eventually, killAllApps, startApp } from "./support/app.js"
+import { type App, killAllApps, startApp } from "./support/app.js"
 import { type RedisServer, startRedis } from "./support/redis.js"
+import { eventually, sleep } from "./support/wait.js"
 
 /** Live results over Server-Sent Events: first event, updates, the rate cap, fan-out across processes, cleanup. */
 
@@ -143,7 +144,6 @@ const create = (app: App, body: unknown) => app.request("POST", "/api/v1/polls",
 const close = (app: App, id: string, created: { json: any }) =>
   app.request("POST", `/api/v1/polls/${id}/close`, undefined, { authorization: `Bearer ${created.json.organiser_key}` })
 const total = (results: Record<string, number>) => Object.values(results).reduce((s, n) => s + n, 0)
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 let unique = 0
 const pollId = (name: string) => `${name}-${process.pid}-${unique++}`

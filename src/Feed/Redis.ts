@@ -1,4 +1,4 @@
-import { Effect, Layer, Runtime } from "effect"
+import { Duration, Effect, Layer, Runtime } from "effect"
 import type { PollId } from "../Domain.js"
 import { Feed, makeLocal } from "../Feed.js"
 import * as RedisClient from "../RedisClient.js"
@@ -11,6 +11,8 @@ export const CHANNEL = "livepoll:changed"
  */
 export const SIGNAL_INTERVAL_MS = 100
 const MAX_IDS_PER_SIGNAL = 1000
+/** How long the start waits for a node to confirm the subscription (a node that is down does not confirm). */
+const SUBSCRIBE_WAIT_MS = 1000
 
 /** Publishes each poll's signal on the node the ring gives the poll, and listens on every node. */
 export const layer = (nodes: ReadonlyArray<RedisClient.RedisNode>): Layer.Layer<Feed> =>
@@ -28,9 +30,12 @@ export const layer = (nodes: ReadonlyArray<RedisClient.RedisNode>): Layer.Layer<
         subscriber.on("message", (_channel: string, message: string) =>
           message === "*" ? local.notifyAll() : message.split(" ").forEach((id) => local.notify(id as PollId))
         )
-        subscriber.subscribe(CHANNEL).catch(() => {
-          // ioredis subscribes again by itself once the node is back.
-        })
+        // Subscribed before this instance serves, so no signal meant for its first streams is missed; a node that is
+        // down does not hold up the start (ioredis subscribes again once it is back).
+        yield* Effect.promise(() => subscriber.subscribe(CHANNEL).catch(() => 0)).pipe(
+          Effect.timeout(Duration.millis(SUBSCRIBE_WAIT_MS)),
+          Effect.ignore
+        )
         const call = RedisClient.caller(node.name)
         publish.set(node.name, (message) =>
           runFork(Effect.ignore(call("publish", () => client.publish(CHANNEL, message))))

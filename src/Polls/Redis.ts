@@ -12,12 +12,14 @@ export const definitionKey = (pollId: string) => `poll:{${pollId}}:definition`
 export const organiserKey = (pollId: string) => `poll:{${pollId}}:organiser`
 /** Per node: the ids of the polls defined there, so an instance knows without a round trip that a poll is ad hoc. */
 export const INDEX_KEY = "livepoll:polls"
-const CREATED_CHANNEL = "livepoll:poll-created"
+export const CREATED_CHANNEL = "livepoll:poll-created"
 const CLOSED_CHANNEL = "livepoll:poll-closed"
 const ACK_CHANNEL = "livepoll:poll-created-ack"
 /** How long `create` waits for every instance to confirm it knows the new poll (see `create`). */
 const ACK_WAIT_MS = 1000
 const RESYNC_MS = 5000
+/** How long the start waits for a node to confirm the subscriptions (a node that is down does not confirm). */
+const SUBSCRIBE_WAIT_MS = 1000
 
 // KEYS: definition, index, organiser key hash. ARGV: definition, poll id, key hash, most definitions per node.
 // 0: the id is taken; -1: the node holds as many definitions as it may.
@@ -80,8 +82,6 @@ export const make = Effect.fn("Polls.redis.make")(function* (
       ),
     { discard: true }
   )
-  yield* resync
-  yield* resync.pipe(Effect.schedule(Schedule.spaced(Duration.millis(RESYNC_MS))), Effect.forkScoped)
   for (const node of nodes) {
     const subscriber = yield* RedisClient.acquire(node, { subscriber: true })
     const { client, call } = clients.get(node.name)!
@@ -93,10 +93,16 @@ export const make = Effect.fn("Polls.redis.make")(function* (
       }
       runFork(invalidate(pollId as PollId))
     })
-    subscriber.subscribe(CREATED_CHANNEL, CLOSED_CHANNEL, ACK_CHANNEL).catch(() => {
-      // ioredis subscribes again by itself once the node is back.
-    })
+    // Subscribed before the first read of the index, and before this instance serves: a poll created in between
+    // would otherwise be announced to the other instances only, and taken here for an ad-hoc one until the next
+    // resync. A node that is down does not hold up the start (ioredis subscribes again once it is back).
+    yield* Effect.promise(() => subscriber.subscribe(CREATED_CHANNEL, CLOSED_CHANNEL, ACK_CHANNEL).catch(() => 0)).pipe(
+      Effect.timeout(Duration.millis(SUBSCRIBE_WAIT_MS)),
+      Effect.ignore
+    )
   }
+  yield* resync
+  yield* resync.pipe(Effect.schedule(Schedule.spaced(Duration.millis(RESYNC_MS))), Effect.forkScoped)
 
   // Ids whose definition went missing, each logged once; bounded by the definitions this instance has seen.
   const lost = new Set<string>()

@@ -3,7 +3,8 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { type BrowserContext, chromium, type Page } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { type App, eventually, killAllApps, startApp } from "../support/app.js"
+import { type App, killAllApps, startApp } from "../support/app.js"
+import { eventually } from "../support/wait.js"
 import { type RedisServer, startRedis } from "../support/redis.js"
 
 /** The poll page in real headless Chromium, against two app processes sharing one redis-server. */

@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Ring from "../../src/Ring.js"
 import { type App, startApp } from "../support/app.js"
-import { sleep } from "../support/load.js"
 import { type RedisServer, startRedis } from "../support/redis.js"
+import { sleep } from "../support/wait.js"
 
 /**
  * A shard that loses its keys mid-load (FLUSHALL; a restore from an older snapshot looks the same). What it held is

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Ring from "../../src/Ring.js"
 import { type App, startApp } from "../support/app.js"
-import { eventually, runLoad, sleep } from "../support/load.js"
+import { runLoad } from "../support/load.js"
+import { eventually, sleep } from "../support/wait.js"
 import { type RedisServer, startRedis } from "../support/redis.js"
 
 const FLUSH_MS = 300

@@ -4,7 +4,8 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { type App, startApp } from "../support/app.js"
-import { compare, eventually, type LoadReport, runLoad, sleep, storedCounts, total } from "../support/load.js"
+import { compare, type LoadReport, runLoad, storedCounts, total } from "../support/load.js"
+import { eventually, sleep } from "../support/wait.js"
 import { type RedisServer, startRedis } from "../support/redis.js"
 
 const FLUSH_MS = 400

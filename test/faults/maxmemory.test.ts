@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { type App, startApp } from "../support/app.js"
-import { compare, eventually, runLoad, sleep, storedCounts, total } from "../support/load.js"
+import { compare, runLoad, storedCounts, total } from "../support/load.js"
+import { eventually, sleep } from "../support/wait.js"
 import { type RedisServer, startRedis } from "../support/redis.js"
 
 const FLUSH_MS = 400

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { type App, startApp } from "../support/app.js"
-import { sleep } from "../support/load.js"
 import { type RedisServer, startRedis } from "../support/redis.js"
+import { sleep } from "../support/wait.js"
 
 /**
  * One vote per voter while the node stalls past the command timeout. A vote that got 503 was not counted and left no

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { type App, eventually, killAllApps, startApp } from "../support/app.js"
+import { type App, killAllApps, startApp } from "../support/app.js"
+import { eventually } from "../support/wait.js"
 import { type RedisServer, startRedis } from "../support/redis.js"
 
 const TTL_MS = 400

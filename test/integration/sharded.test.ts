@@ -1,7 +1,8 @@
 import type { Redis } from "ioredis"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Ring from "../../src/Ring.js"
-import { type App, eventually, killAllApps, startApp } from "../support/app.js"
+import { type App, killAllApps, startApp } from "../support/app.js"
+import { eventually } from "../support/wait.js"
 import { type RedisServer, startRedis } from "../support/redis.js"
 
 const POLLS = Array.from({ length: 50 }, (_, i) => `s-${i}`)

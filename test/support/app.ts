@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process"
 import { request as httpRequest } from "node:http"
 import { createInterface } from "node:readline"
 import { freePort } from "./redis.js"
+import { sleep } from "./wait.js"
 import * as Config from "../../src/Config.js"
 
 /** The variables the app reads; a test states each one it needs and never inherits them from the shell. */
@@ -71,8 +72,6 @@ process.once("exit", () => {
     }
   }
 })
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 const appEnv = (port: number, env: Readonly<Record<string, string>>): NodeJS.ProcessEnv => {
   const base: NodeJS.ProcessEnv = { ...process.env }
@@ -261,20 +260,6 @@ export const runToExit = async (
 /** Kills every app process still running; for afterAll. */
 export const killAllApps = async (): Promise<void> => {
   await Promise.all([...running].map((app) => app.kill()))
-}
-
-/** Polls `probe` until it returns a value other than undefined, or fails with the last state seen. */
-export const eventually = async <A>(
-  probe: () => Promise<A | undefined>,
-  { timeoutMs = 5000, intervalMs = 25, what = "condition" } = {}
-): Promise<A> => {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const value = await probe()
-    if (value !== undefined) return value
-    if (Date.now() > deadline) throw new Error(`${what} not reached within ${timeoutMs} ms`)
-    await sleep(intervalMs)
-  }
 }
 
 /** Plain node:http request, for what fetch cannot send: a chosen or missing content type, a raw chunked body. */

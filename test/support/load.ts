@@ -1,5 +1,6 @@
 import type { Redis } from "ioredis"
 import type { App } from "./app.js"
+import { sleep } from "./wait.js"
 
 export interface LoadReport {
   /** 200s per `poll/option`. */
@@ -41,7 +42,7 @@ export const runLoad = async (
         else refused++
       } catch {
         unanswered++
-        await new Promise((r) => setTimeout(r, 20))
+        await sleep(20)
       }
     }
   }
@@ -49,18 +50,6 @@ export const runLoad = async (
   let acceptedTotal = 0
   for (const n of accepted.values()) acceptedTotal += n
   return { accepted, acceptedTotal, refused, unanswered }
-}
-
-export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
-
-/** Polls `read` until `done(value)` holds or the deadline passes; returns the last value. */
-export const eventually = async <A>(read: () => Promise<A>, done: (a: A) => boolean, timeoutMs = 15_000) => {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const value = await read()
-    if (done(value) || Date.now() > deadline) return value
-    await sleep(100)
-  }
 }
 
 /** What a Redis server holds for these polls, as `poll/option` -> count. */

@@ -1,4 +1,5 @@
 import { connect } from "node:net"
+import { sleep } from "./wait.js"
 
 /**
  * A raw HTTP/1.1 client over node:net, for what no HTTP client will send: any bytes, in pieces, with pauses, cut
@@ -325,7 +326,6 @@ export const exchange = (port: number, plan: Plan): Promise<Outcome> =>
       finish("server-closed")
     })
 
-    const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
     const run = async () => {
       await new Promise<void>((resolveConnect, rejectConnect) => {
         socket.once("connect", resolveConnect)

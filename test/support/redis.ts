@@ -4,6 +4,7 @@ import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Redis } from "ioredis"
+import { sleep } from "./wait.js"
 
 /** Ports the project's own dev topology and the machine's default redis use; tests never take them. */
 const RESERVED = new Set([6379, 7000, 7001, 8000])
@@ -54,7 +55,7 @@ const waitForPing = async (port: number, timeoutMs = 5000) => {
       if ((await client.ping()) === "PONG") return
     } catch {
       if (Date.now() > deadline) throw new Error(`redis-server on ${port} did not answer PING within ${timeoutMs} ms`)
-      await new Promise((r) => setTimeout(r, 25))
+      await sleep(25)
     } finally {
       client.disconnect()
     }

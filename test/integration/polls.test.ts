@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import * as Ring from "../src/Ring.js"
-import { type App, eventually, killAllApps, type Reply, startApp } from "./support/app.js"
-import { type RedisServer, startRedis } from "./support/redis.js"
+import * as Ring from "../../src/Ring.js"
+import { type App, killAllApps, type Reply, startApp } from "../support/app.js"
+import { type RedisServer, startRedis } from "../support/redis.js"
+import { eventually, sleep } from "../support/wait.js"
 
 /** Defined polls over real app processes and real redis-server: definitions, closing, one vote per voter. */
 
@@ -14,8 +15,6 @@ let first: RedisServer
 let second: RedisServer
 /** Per stage, the app processes that serve it; every stage but `memory` has two sharing the same Redis. */
 const stages: Record<string, ReadonlyArray<App>> = {}
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 beforeAll(async () => {
   ;[first, second] = await Promise.all([startRedis(), startRedis()])
