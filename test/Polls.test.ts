@@ -228,7 +228,7 @@ describe("Polls over redis, beyond the contract", () => {
     it.effect("a definition deleted under a poll it saw defined is DefinitionLost, cached or fresh, not None", () =>
       Effect.gen(function* () {
         const polls = yield* Polls.Polls
-        const { id } = yield* defined("lost")
+        const { id, organiser } = yield* defined("lost")
         yield* Effect.promise(() => shared.client().del(PollsRedis.definitionKey(id)))
         for (const fresh of [false, true, false]) {
           const lost = yield* Effect.flip(polls.get(id, fresh))
@@ -236,6 +236,8 @@ describe("Polls over redis, beyond the contract", () => {
           expect(lost).toMatchObject({ pollId: id })
         }
         expect(polls.mayBeDefined(id)).toBe(true)
+        // Its organiser's key survived the loss: closing says the definition is lost, not that it never existed.
+        expect(yield* Effect.flip(polls.close(id, organiser.key))).toBeInstanceOf(DefinitionLost)
       })
     )
 

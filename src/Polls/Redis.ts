@@ -185,7 +185,14 @@ export const make = Effect.fn("Polls.redis.make")(function* (
             )
           )
         ),
-        Effect.flatMap((text) => (text === null ? new PollNotFound({ pollId }) : parse(pollId, text)))
+        // Nothing to close: never defined, or (a poll this instance saw defined) its definition was lost.
+        Effect.flatMap((text): Effect.Effect<PollDefinition, CloseError> =>
+          text !== null
+            ? parse(pollId, text)
+            : defined.has(pollId)
+              ? new DefinitionLost({ pollId })
+              : new PollNotFound({ pollId })
+        )
       )
     }
   }
