@@ -249,8 +249,10 @@ let appEntry: string | undefined
  * measured. The copy sits under node_modules/.cache, where the app's imports still resolve.
  */
 export const snapshotBuild = (): string => {
-  if (!existsSync(APP_ENTRY)) {
-    throw new Error(`${APP_ENTRY} is missing: run \`npm run build\` first (the benchmark runs the compiled app)`)
+  if (!existsSync(APP_ENTRY) || !existsSync(join(ROOT, "dist", "Page", "script.js"))) {
+    throw new Error(
+      `${APP_ENTRY} or the page's bundle is missing: run \`npm run build\` first (the benchmark runs the compiled app)`
+    )
   }
   const dir = join(ROOT, "node_modules", ".cache", `livepoll-bench-${process.pid}`)
   cpSync(join(ROOT, "dist"), join(dir, "dist"), { recursive: true })

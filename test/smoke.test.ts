@@ -11,7 +11,7 @@ const built = async (env: Record<string, string>) => startApp({ built: true, env
 
 beforeAll(async () => {
   const build = new Promise<{ code: number | null; output: string }>((resolve) =>
-    execFile("npx", ["tsc", "-p", "tsconfig.build.json"], (error, stdout, stderr) =>
+    execFile("npm", ["run", "--silent", "build"], (error, stdout, stderr) =>
       resolve({ code: error === null ? 0 : (error.code as number | null), output: `${stdout}${stderr}` })
     )
   )
