@@ -59,7 +59,8 @@ const probe = async (port: number): Promise<"none" | "standalone" | string> => {
   try {
     await client.connect()
     if ((await client.ping()) !== "PONG") return "none"
-    return /redis_mode:(\w+)/.exec(await client.info("server"))?.[1] ?? "standalone"
+    const info = await client.info("server").catch(() => "")
+    return /redis_mode:(\w+)/.exec(info)?.[1] ?? "standalone"
   } catch {
     return "none"
   } finally {
@@ -68,26 +69,7 @@ const probe = async (port: number): Promise<"none" | "standalone" | string> => {
 }
 
 /** Whether a Redis answers PING on 127.0.0.1:port right now. */
-const ping = async (port: number): Promise<boolean> => {
-  const client = new Redis({
-    port,
-    host: "127.0.0.1",
-    lazyConnect: true,
-    connectTimeout: 1000,
-    commandTimeout: 1000,
-    maxRetriesPerRequest: 0,
-    retryStrategy: () => null
-  })
-  client.on("error", () => {})
-  try {
-    await client.connect()
-    return (await client.ping()) === "PONG"
-  } catch {
-    return false
-  } finally {
-    client.disconnect()
-  }
-}
+const ping = async (port: number): Promise<boolean> => (await probe(port)) !== "none"
 
 const redisServerVersion = (): string | undefined => {
   const probe = spawnSync("redis-server", ["--version"], { encoding: "utf8" })
