@@ -12,7 +12,7 @@ export const definitionKey = (pollId: string) => `poll:{${pollId}}:definition`
 export const organiserKey = (pollId: string) => `poll:{${pollId}}:organiser`
 /** Per node: the ids of the polls defined there, so an instance knows without a round trip that a poll is ad hoc. */
 export const INDEX_KEY = "livepoll:polls"
-export const CREATED_CHANNEL = "livepoll:poll-created"
+const CREATED_CHANNEL = "livepoll:poll-created"
 const CLOSED_CHANNEL = "livepoll:poll-closed"
 const ACK_CHANNEL = "livepoll:poll-created-ack"
 /** How long `create` waits for every instance to confirm it knows the new poll (see `create`). */
@@ -106,20 +106,23 @@ export const make = Effect.fn("Polls.redis.make")(function* (
 
   // Ids whose definition went missing, each logged once; bounded by the definitions this instance has seen.
   const lost = new Set<string>()
+  /**
+   * The node has no definition of the poll: it was never defined, or (a poll this instance saw defined, which cannot
+   * turn ad hoc) its node lost its data, and with it the poll's rules.
+   */
+  const missing = (pollId: PollId): Effect.Effect<Option.Option<PollDefinition>, DefinitionLost> => {
+    if (!defined.has(pollId)) return Effect.succeedNone
+    if (lost.has(pollId)) return new DefinitionLost({ pollId })
+    lost.add(pollId)
+    return Effect.zipRight(
+      Effect.logError(`poll ${pollId} was defined, but node ${Ring.nodeFor(ring, pollId)} has no definition of it`),
+      new DefinitionLost({ pollId })
+    )
+  }
   const read = (pollId: PollId) => {
     const { client, call } = nodeFor(pollId)
     return call("read poll", () => client.get(definitionKey(pollId))).pipe(
-      Effect.flatMap((text) => {
-        if (text !== null) return Effect.asSome(parse(pollId, text))
-        // A poll this instance saw defined cannot turn ad hoc: its node lost its data, and with it the poll's rules.
-        if (!defined.has(pollId)) return Effect.succeedNone
-        if (lost.has(pollId)) return new DefinitionLost({ pollId })
-        lost.add(pollId)
-        return Effect.zipRight(
-          Effect.logError(`poll ${pollId} was defined, but node ${Ring.nodeFor(ring, pollId)} has no definition of it`),
-          new DefinitionLost({ pollId })
-        )
-      })
+      Effect.flatMap((text) => (text === null ? missing(pollId) : Effect.asSome(parse(pollId, text))))
     )
   }
 
@@ -185,13 +188,8 @@ export const make = Effect.fn("Polls.redis.make")(function* (
             )
           )
         ),
-        // Nothing to close: never defined, or (a poll this instance saw defined) its definition was lost.
         Effect.flatMap((text): Effect.Effect<PollDefinition, CloseError> =>
-          text !== null
-            ? parse(pollId, text)
-            : defined.has(pollId)
-              ? new DefinitionLost({ pollId })
-              : new PollNotFound({ pollId })
+          text !== null ? parse(pollId, text) : Effect.zipRight(missing(pollId), new PollNotFound({ pollId }))
         )
       )
     }
