@@ -7,20 +7,25 @@ import { load } from "./Page/assets.js"
  * API's own. Everything that comes from data is set with `textContent`, never parsed as HTML.
  */
 
-const { script: SCRIPT, style: STYLE } = await load()
-
 const sha256 = (text: string) => createHash("sha256").update(text, "utf8").digest("base64")
 
-/** Only the inline style and script may run; the page talks to its own origin and nowhere else. */
-const POLICY = [
-  "default-src 'none'",
-  `script-src 'sha256-${sha256(SCRIPT)}'`,
-  `style-src 'sha256-${sha256(STYLE)}'`,
-  "connect-src 'self'",
-  "img-src data:",
-  "base-uri 'none'",
-  "form-action 'none'"
-].join("; ")
+/** The script, the style and the policy that admits exactly them: made once, the first time a page is rendered. */
+let made: { readonly script: string; readonly style: string; readonly policy: string } | undefined
+const parts = () => {
+  if (made !== undefined) return made
+  const { script, style } = load()
+  // Only the inline style and script may run; the page talks to its own origin and nowhere else.
+  const policy = [
+    "default-src 'none'",
+    `script-src 'sha256-${sha256(script)}'`,
+    `style-src 'sha256-${sha256(style)}'`,
+    "connect-src 'self'",
+    "img-src data:",
+    "base-uri 'none'",
+    "form-action 'none'"
+  ].join("; ")
+  return (made = { script, style, policy })
+}
 
 const escapeHtml = (text: string) =>
   text.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c] ?? c)
@@ -28,16 +33,17 @@ const escapeHtml = (text: string) =>
 /** `pollId` is already a valid poll id; it is escaped anyway, as everything put into markup is. */
 export const render = (pollId: string): string => {
   const id = escapeHtml(pollId)
+  const { script, style, policy } = parts()
   return `<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="${POLICY}">
+<meta http-equiv="Content-Security-Policy" content="${policy}">
 <meta name="color-scheme" content="light dark">
 <link rel="icon" href="data:,">
 <title>Poll ${id} · livepoll</title>
-<style>${STYLE}</style>
+<style>${style}</style>
 </head>
 <body>
 <main data-poll-id="${id}">
@@ -56,7 +62,7 @@ export const render = (pollId: string): string => {
 <noscript><p class="empty">This page needs JavaScript to vote and show live results.</p></noscript>
 </main>
 <footer>Poll <span>${id}</span> · results update live</footer>
-<script>${SCRIPT}</script>
+<script>${script}</script>
 </body>
 </html>
 `
