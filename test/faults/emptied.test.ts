@@ -19,9 +19,13 @@ let a: RedisServer
 let b: RedisServer
 let app: App
 
+/** Other files may be starting many apps at once; on a busy 2-core machine a start takes a while. */
+const START_TIMEOUT_MS = 60_000
+
 beforeAll(async () => {
   ;[a, b] = await Promise.all([startRedis(), startRedis()])
   app = await startApp({
+    readyTimeoutMs: START_TIMEOUT_MS,
     env: {
       POLL_STAGE: "full",
       REDIS_NODES: `node_a=${a.url},node_b=${b.url}`,
@@ -29,7 +33,7 @@ beforeAll(async () => {
       CACHE_TTL_MS: "100"
     }
   })
-})
+}, START_TIMEOUT_MS + 30_000)
 
 afterAll(async () => {
   await app?.kill()
