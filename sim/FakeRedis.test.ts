@@ -49,7 +49,7 @@ describe.each(backends)("%s", (_, make) => {
       yield* store.applyBatch(batch("b1", "7", { A: 3, B: 1 }))
       yield* store.applyBatch(batch("b1", "7", { A: 3, B: 1 }))
       yield* store.applyBatch(batch("b2", "7", { A: 1 }))
-      const result = yield* store.results(poll("7"), ["b1", "b3", "b2"])
+      const result = yield* store.exactResults(poll("7"), ["b1", "b3", "b2"])
       expect(result.counts).toEqual({ A: 4, B: 1 })
       expect(result.appliedBatches).toEqual(["b1", "b2"])
     })

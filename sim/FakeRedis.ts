@@ -210,12 +210,14 @@ export const make = (options: FakeRedisOptions): FakeRedis => {
           }
         )
       ),
-    results: (pollId, batchIds) =>
+    results: (pollId) =>
+      call("results", "results", () => Effect.sync((): PollResults => ({ counts: counts(pollId), servedVia: name }))),
+    exactResults: (pollId, batchIds) =>
       call("results", "results", () =>
-        Effect.sync((): PollResults => ({
+        Effect.sync(() => ({
           counts: counts(pollId),
           servedVia: name,
-          appliedBatches: (batchIds ?? []).filter((id) => appliedBatches.has(id))
+          appliedBatches: batchIds.filter((id) => appliedBatches.has(id))
         }))
       ),
     applyBatch: (batch: Batch) =>

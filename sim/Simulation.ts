@@ -285,7 +285,8 @@ const canonicalRing = (names: ReadonlyArray<string>) => {
 const forwarding = (target: () => VoteStoreShape): VoteStoreShape => ({
   vote: (pollId, optionId) => Effect.suspend(() => target().vote(pollId, optionId)),
   voteOnce: (pollId, optionId, voterId) => Effect.suspend(() => target().voteOnce(pollId, optionId, voterId)),
-  results: (pollId, batchIds) => Effect.suspend(() => target().results(pollId, batchIds)),
+  results: (pollId) => Effect.suspend(() => target().results(pollId)),
+  exactResults: (pollId, batchIds) => Effect.suspend(() => target().exactResults(pollId, batchIds)),
   applyBatch: (batch) => Effect.suspend(() => target().applyBatch(batch)),
   partitionOf: (pollId) => target().partitionOf(pollId),
   health: Effect.suspend(() => target().health)

@@ -58,8 +58,9 @@ describe("cache", () => {
       // Reads answer 30 ms after the store ran them; everything else answers at once.
       const slowAnswers = {
         ...shard.store,
-        results: (pollId: PollId, batchIds?: ReadonlyArray<string>) =>
-          Effect.tap(shard.store.results(pollId, batchIds), () => Effect.sleep(Duration.millis(30)))
+        results: (pollId: PollId) => Effect.tap(shard.store.results(pollId), () => Effect.sleep(Duration.millis(30))),
+        exactResults: (pollId: PollId, batchIds: ReadonlyArray<string>) =>
+          Effect.tap(shard.store.exactResults(pollId, batchIds), () => Effect.sleep(Duration.millis(30)))
       }
       const cached = yield* Cached.make(slowAnswers, { ttl: Duration.seconds(10) })
       // Flushes at 0, 100, 200, ... ms.

@@ -106,7 +106,21 @@ const SETTINGS = {
   ),
   cacheTtlMs: setting("CACHE_TTL_MS", (env) => bounded(env, 5000, 0, "read-cache lifetime")),
   cacheMaxPolls: setting("CACHE_MAX_POLLS", (env) =>
-    bounded(env, 100_000, 1, "polls the read cache holds at once; the least recently used goes first")
+    bounded(
+      env,
+      100_000,
+      1,
+      "polls each cache (results, definitions) holds at once; the least recently used goes first"
+    )
+  ),
+  definitionsCacheTtlMs: setting("DEFINITIONS_CACHE_TTL_MS", (env) =>
+    bounded(
+      env,
+      1000,
+      0,
+      "how long a poll's definition is reused before it is read again, at most (a change made on another " +
+        "instance usually arrives sooner, over pub/sub)"
+    )
   ),
   flushIntervalMs: setting("FLUSH_INTERVAL_MS", (env) => bounded(env, 10000, 1, "write-behind flush period")),
   bufferMaxEntries: setting("BUFFER_MAX_ENTRIES", (env) =>

@@ -45,11 +45,6 @@ export interface PollResults {
   readonly counts: Counts
   /** Where the answer came from: `in_memory`, `redis`, `app_cache` or a shard's name. */
   readonly servedVia: string
-  /**
-   * Of the batch ids a reader asked about, those the store had applied at the moment it read the counts. Lets a
-   * write-behind buffer add an unconfirmed batch to a read exactly when the store does not already hold it.
-   */
-  readonly appliedBatches?: ReadonlyArray<string>
 }
 
 export interface NodeHealth {

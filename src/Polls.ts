@@ -1,8 +1,7 @@
-import { Context, DateTime, Duration, Effect, Layer, Option } from "effect"
+import { Context, DateTime, Effect, Layer, Option } from "effect"
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto"
 import type { DefinitionLost, PollDefinition, PollDraft, PollId, StoreUnavailable } from "./Domain.js"
 import { OrganiserKeyRequired, PollExists, PollNotFound, TooManyPolls, WrongOrganiserKey } from "./Domain.js"
-import * as TtlCache from "./TtlCache.js"
 
 export type CloseError = PollNotFound | OrganiserKeyRequired | WrongOrganiserKey | StoreUnavailable | DefinitionLost
 
@@ -13,11 +12,10 @@ export interface PollsShape {
     poll: PollDefinition,
     organiserKeyHash: string
   ) => Effect.Effect<PollDefinition, PollExists | TooManyPolls | StoreUnavailable>
-  /** `fresh`: read past any cache (live streams do, so a change made elsewhere is not hidden). */
-  readonly get: (
-    pollId: PollId,
-    fresh?: boolean
-  ) => Effect.Effect<Option.Option<PollDefinition>, StoreUnavailable | DefinitionLost>
+  /** A poll's definition as a reader sees it: a cache on the way may answer (see `Polls/Cached.ts`). */
+  readonly get: (pollId: PollId) => Effect.Effect<Option.Option<PollDefinition>, StoreUnavailable | DefinitionLost>
+  /** The definition as the store holds it now, past any cache: live streams read this, so a change made elsewhere is not hidden. */
+  readonly getExact: (pollId: PollId) => Effect.Effect<Option.Option<PollDefinition>, StoreUnavailable | DefinitionLost>
   /** Closes the poll for whoever shows its organiser key. */
   readonly close: (pollId: PollId, organiserKey: string | undefined) => Effect.Effect<PollDefinition, CloseError>
   /**
@@ -25,6 +23,11 @@ export interface PollsShape {
    * definition announced a moment ago). Lets the definition cache stay out of the way of ad-hoc votes.
    */
   readonly mayBeDefined: (pollId: PollId) => boolean
+  /**
+   * Calls `listener` with each poll whose definition another instance created or closed (a cache drops its copy).
+   * A backend no other instance shares never calls it.
+   */
+  readonly onChanged: (listener: (pollId: PollId) => void) => void
 }
 
 /** A new organiser key, shown once to whoever defines the poll, and the hash the store keeps of it. */
@@ -50,7 +53,15 @@ export const checkOrganiserKey = (
     : new WrongOrganiserKey({ pollId })
 }
 
+/** The poll definitions the app reads. */
 export class Polls extends Context.Tag("livepoll/Polls")<Polls, PollsShape>() {}
+
+/** The definitions a decorator (the definitions cache) wraps. */
+export class InnerPolls extends Context.Tag("livepoll/InnerPolls")<InnerPolls, PollsShape>() {}
+
+/** Re-expose a definitions layer as the inner one of the next decorator. */
+export const asInner = <E, R>(layer: Layer.Layer<Polls, E, R>): Layer.Layer<InnerPolls, E, R> =>
+  Layer.effect(InnerPolls, Polls).pipe(Layer.provide(layer))
 
 export const define = (draft: PollDraft, id: PollId, now: Date): PollDefinition => ({
   id,
@@ -75,7 +86,9 @@ export const makeMemory = (maxPolls: number) =>
           return Effect.succeed(poll)
         }),
       get: (pollId) => Effect.sync(() => Option.fromNullable(polls.get(pollId)?.definition)),
+      getExact: (pollId) => Effect.sync(() => Option.fromNullable(polls.get(pollId)?.definition)),
       mayBeDefined: (pollId) => polls.has(pollId),
+      onChanged: () => {},
       close: (pollId, key) =>
         Effect.suspend((): Effect.Effect<PollDefinition, CloseError> => {
           const poll = polls.get(pollId)
@@ -88,38 +101,4 @@ export const makeMemory = (maxPolls: number) =>
     }
   })
 
-/**
- * Definitions are read on every vote of a defined poll, so they are cached briefly. Only definitions are cached,
- * never "no such poll" (a poll may be defined at any moment). The instance that closes a poll drops its copy at
- * once; the others when told over pub/sub (`invalidate`), or at the latest after `ttl`. A poll's `closes_at` is
- * checked against the clock on every vote.
- */
-export const withCache = (polls: PollsShape, ttl: Duration.DurationInput = Duration.seconds(1)) =>
-  Effect.gen(function* () {
-    const ttlMs = Duration.toMillis(ttl)
-    const cache = yield* TtlCache.make({
-      capacity: 100_000,
-      lookup: (pollId: PollId) => polls.get(pollId),
-      ttlMs: (found) => (Option.isSome(found) ? ttlMs : 0)
-    })
-    const invalidate = (pollId: PollId) => Effect.sync(() => cache.invalidate(pollId))
-    const shape: PollsShape & { readonly invalidate: (pollId: PollId) => Effect.Effect<void> } = {
-      ...polls,
-      invalidate,
-      get: (pollId, fresh) =>
-        fresh
-          ? Effect.zipLeft(polls.get(pollId), invalidate(pollId))
-          : !polls.mayBeDefined(pollId)
-            ? polls.get(pollId)
-            : Effect.map(cache.get(pollId), (found) => found.value),
-      create: (poll, keyHash) => Effect.tap(polls.create(poll, keyHash), () => invalidate(poll.id)),
-      close: (pollId, key) => Effect.tap(polls.close(pollId, key), () => invalidate(pollId))
-    }
-    return shape
-  })
-
-export const layerMemory = (maxPolls: number): Layer.Layer<Polls> =>
-  Layer.effect(
-    Polls,
-    Effect.flatMap(makeMemory(maxPolls), (p) => withCache(p))
-  )
+export const layerMemory = (maxPolls: number): Layer.Layer<Polls> => Layer.effect(Polls, makeMemory(maxPolls))

@@ -5,6 +5,7 @@ import * as Feed from "./Feed.js"
 import * as FeedRedis from "./Feed/Redis.js"
 import * as Journal from "./VoteStore/Journal.js"
 import * as Polls from "./Polls.js"
+import * as PollsCached from "./Polls/Cached.js"
 import * as PollsRedis from "./Polls/Redis.js"
 import { asInner, InnerStore, layerMemory, VoteStore } from "./VoteStore.js"
 import * as Cached from "./VoteStore/Cached.js"
@@ -35,17 +36,26 @@ const buffer = (c: AppConfig) =>
     shutdownDeadline: Duration.millis(c.shutdownFlushMs)
   }).pipe(Layer.provide(journal(c)))
 
+/** Poll definitions, read on every vote of a defined poll, behind a short cache, in every stage. */
+const definitions = <E, R>(c: AppConfig, polls: Layer.Layer<Polls.Polls, E, R>) =>
+  PollsCached.over({ ttl: Duration.millis(c.definitionsCacheTtlMs), capacity: c.cacheMaxPolls }, polls)
+
 /** Poll definitions and change signals live on the same Redis node(s) as the counts. */
 const onRedis = (
   c: AppConfig,
   nodes: ReadonlyArray<{ url: string; name: string }>,
   store: Layer.Layer<VoteStore, never, Feed.Feed>
-) => Layer.merge(store, PollsRedis.layer(nodes, c.maxPolls)).pipe(Layer.provideMerge(FeedRedis.layer(nodes)))
+) =>
+  Layer.merge(store, definitions(c, PollsRedis.layer(nodes, c.maxPolls))).pipe(
+    Layer.provideMerge(FeedRedis.layer(nodes))
+  )
 
 /** The six stages of the design, each one layer composition. Reading a row left to right reads the stack outside-in. */
 export const compositions: Record<Stage, (c: AppConfig) => Layer.Layer<Services>> = {
   memory: (c) =>
-    Layer.merge(base(layerMemory), Polls.layerMemory(c.maxPolls)).pipe(Layer.provideMerge(Feed.layerLocal)),
+    Layer.merge(base(layerMemory), definitions(c, Polls.layerMemory(c.maxPolls))).pipe(
+      Layer.provideMerge(Feed.layerLocal)
+    ),
   redis: (c) => onRedis(c, single(c), base(RedisStore.layer(single(c)[0]!))),
   cached: (c) => onRedis(c, single(c), over(cache(c), base(RedisStore.layer(single(c)[0]!)))),
   batched: (c) => onRedis(c, single(c), over(buffer(c), base(RedisStore.layer(single(c)[0]!)))),

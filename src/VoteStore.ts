@@ -17,6 +17,11 @@ export interface Batch {
   readonly increments: Increments
 }
 
+/** An exact read: the counts, and which of the batches asked about the store had applied when it read them. */
+export interface ExactResults extends PollResults {
+  readonly appliedBatches: ReadonlyArray<string>
+}
+
 export interface VoteStoreShape {
   readonly vote: (pollId: PollId, optionId: OptionId) => Effect.Effect<void, VoteError>
   /**
@@ -29,11 +34,16 @@ export interface VoteStoreShape {
     optionId: OptionId,
     voterId: VoterId
   ) => Effect.Effect<void, VoteError | AlreadyVoted>
+  /** A poll's counts as a reader sees them: a cache on the way may answer, so they may lag by its lifetime. */
+  readonly results: (pollId: PollId) => Effect.Effect<PollResults, StoreUnavailable>
   /**
-   * `batchIds`: unconfirmed batches the caller holds; the answer says which of them the store had applied. Passing
-   * it (even empty) asks for the store's own current counts, past any cache.
+   * A poll's counts as the store holds them now, past any cache, and which of `batchIds` (unconfirmed batches the
+   * caller holds) the store had applied when it read them.
    */
-  readonly results: (pollId: PollId, batchIds?: ReadonlyArray<string>) => Effect.Effect<PollResults, StoreUnavailable>
+  readonly exactResults: (
+    pollId: PollId,
+    batchIds: ReadonlyArray<string>
+  ) => Effect.Effect<ExactResults, StoreUnavailable>
   /** Apply a batch exactly once: a batch whose id the store has seen already is a no-op. */
   readonly applyBatch: (batch: Batch) => Effect.Effect<void, StoreUnavailable>
   /** The node a poll lives on; write-behind keeps one queue per partition so one node's outage spares the others. */
@@ -84,7 +94,9 @@ export const makeMemory = Effect.sync((): VoteStoreShape => {
         add(pollId, optionId, 1)
         return Effect.void
       }),
-    results: (pollId, batchIds = []) =>
+    results: (pollId) =>
+      Effect.sync(() => ({ counts: addCounts(newCounts(), polls.get(pollId)), servedVia: IN_MEMORY })),
+    exactResults: (pollId, batchIds) =>
       Effect.sync(() => ({
         counts: addCounts(newCounts(), polls.get(pollId)),
         servedVia: IN_MEMORY,

@@ -4,6 +4,7 @@ import type {
   OptionId,
   PollDefinition,
   PollId,
+  PollResults,
   StoreUnavailable,
   VoteError,
   VoterId
@@ -51,14 +52,13 @@ export const make = (polls: PollsShape, store: VoteStoreShape) => {
       })
     )
 
-  /**
-   * A poll's counts; a defined poll lists every option, zeros included, in its own order. `fresh` reads past the
-   * caches, for live streams: a change made on another instance must not hide behind this one's snapshot.
-   */
-  const tally = (pollId: PollId, fresh = false): Effect.Effect<Tally, StoreUnavailable | DefinitionLost> =>
+  const tallyOf = (
+    definition: Effect.Effect<Option.Option<PollDefinition>, StoreUnavailable | DefinitionLost>,
+    counts: Effect.Effect<PollResults, StoreUnavailable>
+  ): Effect.Effect<Tally, StoreUnavailable | DefinitionLost> =>
     // One after the other: for an ad-hoc poll the first answers from memory, and forking costs more than it saves.
-    Effect.flatMap(polls.get(pollId, fresh), (defined) =>
-      Effect.map(store.results(pollId, fresh ? [] : undefined), (r): Tally => {
+    Effect.flatMap(definition, (defined) =>
+      Effect.map(counts, (r): Tally => {
         if (Option.isNone(defined)) return { counts: r.counts, servedVia: r.servedVia, poll: undefined }
         const counts = newCounts()
         for (const option of defined.value.options) counts[option.id] = r.counts[option.id] ?? 0
@@ -66,5 +66,14 @@ export const make = (polls: PollsShape, store: VoteStoreShape) => {
       })
     )
 
-  return { cast, tally }
+  /** A poll's counts as readers see them (caches may answer); a defined poll lists every option in its own order. */
+  const tally = (pollId: PollId) => tallyOf(polls.get(pollId), store.results(pollId))
+
+  /**
+   * The same past every cache, for live streams: a change made on another instance must not hide behind this
+   * instance's snapshot.
+   */
+  const tallyExact = (pollId: PollId) => tallyOf(polls.getExact(pollId), store.exactResults(pollId, []))
+
+  return { cast, tally, tallyExact }
 }

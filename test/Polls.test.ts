@@ -12,6 +12,7 @@ import {
   WrongOrganiserKey
 } from "../src/Domain.js"
 import * as Polls from "../src/Polls.js"
+import * as PollsCached from "../src/Polls/Cached.js"
 import * as PollsRedis from "../src/Polls/Redis.js"
 import { type RedisServer, startRedis } from "./support/redis.js"
 
@@ -38,14 +39,22 @@ const NODE = "polls_redis"
 const ROOMY = 10_000
 const LIMIT = 3
 
+/** As the stages compose them: the definitions cache over each backend. */
+const CACHE = { ttl: "1 second", capacity: 1000 } as const
 const redisLayer = (server: () => RedisServer, maxPolls: number) =>
-  Layer.unwrapEffect(Effect.sync(() => PollsRedis.layer([{ url: server().url, name: NODE }], maxPolls)))
+  PollsCached.over(
+    CACHE,
+    Layer.unwrapEffect(Effect.sync(() => PollsRedis.layer([{ url: server().url, name: NODE }], maxPolls)))
+  )
+
+/** A cached read, or one past the cache. */
+const read = (polls: Polls.PollsShape, id: PollId, exact: boolean) => (exact ? polls.getExact(id) : polls.get(id))
 
 const backends: ReadonlyArray<{
   readonly name: string
   readonly layer: (server: () => RedisServer, maxPolls: number) => Layer.Layer<Polls.Polls>
 }> = [
-  { name: "memory", layer: (_server, maxPolls) => Polls.layerMemory(maxPolls) },
+  { name: "memory", layer: (_server, maxPolls) => PollsCached.over(CACHE, Polls.layerMemory(maxPolls)) },
   { name: "redis", layer: redisLayer }
 ]
 
@@ -86,8 +95,8 @@ for (const backend of backends) {
           const polls = yield* Polls.Polls
           const { created, id, organiser } = yield* defined("create-get")
           expect(created).toEqual(definition(id))
-          for (const fresh of [false, true]) {
-            const found = yield* polls.get(id, fresh)
+          for (const exact of [false, true]) {
+            const found = yield* read(polls, id, exact)
             expect(found).toEqual(Option.some(definition(id)))
             const poll = Option.getOrThrow(found)
             expect(Object.keys(poll).sort()).toEqual(DEFINITION_FIELDS)
@@ -97,12 +106,12 @@ for (const backend of backends) {
         })
       )
 
-      it.effect("get of a poll nobody defined is None, cached or fresh", () =>
+      it.effect("get of a poll nobody defined is None, cached or exact", () =>
         Effect.gen(function* () {
           const polls = yield* Polls.Polls
           const id = pollId("never")
           expect(yield* polls.get(id)).toEqual(Option.none())
-          expect(yield* polls.get(id, true)).toEqual(Option.none())
+          expect(yield* polls.getExact(id)).toEqual(Option.none())
         })
       )
 
@@ -143,7 +152,7 @@ for (const backend of backends) {
           expect(wrong).toBeInstanceOf(WrongOrganiserKey)
           expect(wrong).toMatchObject({ pollId: id })
           // Refused closes leave the poll open.
-          for (const fresh of [false, true]) expect(Option.getOrThrow(yield* polls.get(id, fresh)).closed).toBe(false)
+          for (const exact of [false, true]) expect(Option.getOrThrow(yield* read(polls, id, exact)).closed).toBe(false)
         })
       )
 
@@ -156,7 +165,7 @@ for (const backend of backends) {
           const closed = yield* polls.close(id, organiser.key)
           expect(closed).toEqual({ ...definition(id), closed: true })
           expect(yield* polls.get(id)).toEqual(Option.some(closed))
-          expect(yield* polls.get(id, true)).toEqual(Option.some(closed))
+          expect(yield* polls.getExact(id)).toEqual(Option.some(closed))
           // Closing again is allowed and changes nothing.
           expect(yield* polls.close(id, organiser.key)).toEqual(closed)
         })
@@ -187,7 +196,7 @@ for (const backend of backends) {
           expect(refused).toBeInstanceOf(TooManyPolls)
           expect(refused).toMatchObject({ limit: LIMIT })
           expect(polls.mayBeDefined(id)).toBe(false)
-          expect(yield* polls.get(id, true)).toEqual(Option.none())
+          expect(yield* polls.getExact(id)).toEqual(Option.none())
           const taken = yield* Effect.flip(polls.create(definition(kept[0]!), Polls.organiserKey().hash))
           expect(taken).toBeInstanceOf(PollExists)
           for (const id of kept) expect(yield* polls.get(id)).toEqual(Option.some(definition(id)))
@@ -210,7 +219,7 @@ describe("Polls over redis, beyond the contract", () => {
       })
     )
 
-    it.effect("get serves the cached definition; get(fresh) reads past the cache and refreshes it", () =>
+    it.effect("get serves the cached definition; getExact reads past the cache and refreshes it", () =>
       Effect.gen(function* () {
         const polls = yield* Polls.Polls
         const { id } = yield* defined("fresh")
@@ -220,18 +229,18 @@ describe("Polls over redis, beyond the contract", () => {
         const changed = definition(id, "Changed behind its back?")
         yield* Effect.promise(() => shared.client().set(PollsRedis.definitionKey(id), JSON.stringify(changed)))
         expect(yield* polls.get(id)).toEqual(Option.some(definition(id)))
-        expect(yield* polls.get(id, true)).toEqual(Option.some(changed))
+        expect(yield* polls.getExact(id)).toEqual(Option.some(changed))
         expect(yield* polls.get(id)).toEqual(Option.some(changed))
       })
     )
 
-    it.effect("a definition deleted under a poll it saw defined is DefinitionLost, cached or fresh, not None", () =>
+    it.effect("a definition deleted under a poll it saw defined is DefinitionLost, cached or exact, not None", () =>
       Effect.gen(function* () {
         const polls = yield* Polls.Polls
         const { id, organiser } = yield* defined("lost")
         yield* Effect.promise(() => shared.client().del(PollsRedis.definitionKey(id)))
-        for (const fresh of [false, true, false]) {
-          const lost = yield* Effect.flip(polls.get(id, fresh))
+        for (const exact of [false, true, false]) {
+          const lost = yield* Effect.flip(read(polls, id, exact))
           expect(lost).toBeInstanceOf(DefinitionLost)
           expect(lost).toMatchObject({ pollId: id })
         }

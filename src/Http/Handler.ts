@@ -54,7 +54,7 @@ export const makeHandler = (runtime: Runtime.Runtime<Services>, options: Handler
   // Streams carry the results only: where they were read from changes from read to read and is not news.
   const hub = LiveResults.makeHub(
     runtime,
-    (pollId) => Effect.map(api.tally(pollId, true), ({ served_via: _, ...rest }) => rest),
+    (pollId) => Effect.map(api.tallyExact(pollId), ({ served_via: _, ...rest }) => rest),
     { maxStreams: options.maxStreams }
   )
   const failed = (res: ServerResponse, cause: unknown) => {

@@ -40,7 +40,8 @@ export const make = (voting: ReturnType<typeof Voting.make>, feed: FeedShape) =>
     )
   }
 
-  const tally = (pollId: PollId, fresh = false) => Effect.map(voting.tally(pollId, fresh), (t) => tallyBody(pollId, t))
+  const tally = (pollId: PollId) => Effect.map(voting.tally(pollId), (t) => tallyBody(pollId, t))
+  const tallyExact = (pollId: PollId) => Effect.map(voting.tallyExact(pollId), (t) => tallyBody(pollId, t))
 
   const results = (rawPollId: string): Effect.Effect<Reply> => {
     const pollId = parsePollId(rawPollId)
@@ -48,5 +49,5 @@ export const make = (voting: ReturnType<typeof Voting.make>, feed: FeedShape) =>
     return tally(pollId.right).pipe(Effect.match({ onFailure: fromError, onSuccess: (body) => reply(200, body) }))
   }
 
-  return { vote, results, tally }
+  return { vote, results, tally, tallyExact }
 }

@@ -2,7 +2,7 @@ import { Duration, Effect, Layer, Option, Runtime, Schedule, Schema } from "effe
 import type { PollId } from "../Domain.js"
 import { DefinitionLost, PollDefinition, PollExists, PollNotFound, TooManyPolls } from "../Domain.js"
 import type { CloseError, PollsShape } from "../Polls.js"
-import { checkOrganiserKey, Polls, withCache } from "../Polls.js"
+import { checkOrganiserKey, Polls } from "../Polls.js"
 import * as RedisClient from "../RedisClient.js"
 import * as Ring from "../Ring.js"
 
@@ -72,7 +72,7 @@ export const make = Effect.fn("Polls.redis.make")(function* (
   // up waiting after ACK_WAIT_MS, and that instance learns of the poll when it resyncs.)
   const defined = new Set<string>()
   const acks = new Map<string, () => void>()
-  let invalidate: (pollId: PollId) => Effect.Effect<void> = () => Effect.void
+  const changeListeners: Array<(pollId: PollId) => void> = []
   const resync = Effect.forEach(
     clients.values(),
     ({ client, call }) =>
@@ -91,7 +91,7 @@ export const make = Effect.fn("Polls.redis.make")(function* (
         defined.add(pollId)
         runFork(Effect.ignore(call("confirm poll", () => client.publish(ACK_CHANNEL, pollId))))
       }
-      runFork(invalidate(pollId as PollId))
+      for (const listener of changeListeners) listener(pollId as PollId)
     })
     // Subscribed before the first read of the index, and before this instance serves: a poll created in between
     // would otherwise be announced to the other instances only, and taken here for an ad-hoc one until the next
@@ -168,8 +168,10 @@ export const make = Effect.fn("Polls.redis.make")(function* (
         Effect.ensuring(Effect.sync(() => acks.delete(poll.id)))
       )
     },
-    get: (pollId, fresh) => (defined.has(pollId) || fresh ? read(pollId) : Effect.succeedNone),
+    get: (pollId) => (defined.has(pollId) ? read(pollId) : Effect.succeedNone),
+    getExact: read,
     mayBeDefined: (pollId) => defined.has(pollId),
+    onChanged: (listener) => void changeListeners.push(listener),
     close: (pollId, key) => {
       const { client, call } = nodeFor(pollId)
       return call("read organiser key", () => client.get(organiserKey(pollId))).pipe(
@@ -194,9 +196,7 @@ export const make = Effect.fn("Polls.redis.make")(function* (
       )
     }
   }
-  const cached = yield* withCache(shape)
-  invalidate = cached.invalidate
-  return cached
+  return shape
 })
 
 export const layer = (nodes: ReadonlyArray<RedisClient.RedisNode>, maxPolls: number): Layer.Layer<Polls> =>

@@ -50,17 +50,15 @@ export const make = Effect.fn("VoteStore.cached.make")(function* (inner: VoteSto
   }
   const store: VoteStoreShape = {
     ...inner,
-    // A snapshot cannot say whether an unconfirmed batch is in it, so a read that asks (even about no batch: the
-    // caller wants the store's own answer) goes to the store.
-    results: (pollId, batchIds) =>
-      batchIds !== undefined
-        ? inner.results(pollId, batchIds)
-        : Effect.flatMap(cache.get(pollId), ({ value: { result, readAt }, hit }) => {
-            if (!hit) return Effect.succeed(result)
-            if (current(pollId, readAt)) return Effect.succeed({ counts: result.counts, servedVia: APP_CACHE })
-            cache.invalidate(pollId)
-            return inner.results(pollId)
-          }),
+    results: (pollId) =>
+      Effect.flatMap(cache.get(pollId), ({ value: { result, readAt }, hit }) => {
+        if (!hit) return Effect.succeed(result)
+        if (current(pollId, readAt)) return Effect.succeed({ counts: result.counts, servedVia: APP_CACHE })
+        cache.invalidate(pollId)
+        return inner.results(pollId)
+      }),
+    // A snapshot cannot say whether an unconfirmed batch is in it: an exact read goes to the store.
+    exactResults: inner.exactResults,
     // A flushed batch changes what the store holds: drop the snapshots it touched, whether or not the call
     // reported success (a timed-out batch may have been applied).
     applyBatch: (batch) =>

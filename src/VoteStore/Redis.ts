@@ -110,16 +110,18 @@ export const make = Effect.fn("VoteStore.redis.make")(function* (options: RedisO
         (result): Effect.Effect<void, VoteError | AlreadyVoted> =>
           result === 0 ? new AlreadyVoted({ pollId }) : result === -2 ? tooLate : Effect.void
       ),
-    results: (pollId: PollId, batchIds?: ReadonlyArray<string>) =>
-      batchIds === undefined || batchIds.length === 0
-        ? Effect.map(
-            call("results", () => client.hgetall(countsKey(pollId))),
-            (raw) => {
-              const counts = newCounts()
-              for (const field of Object.keys(raw)) counts[field] = Number(raw[field])
-              return { counts, servedVia: options.name, appliedBatches: [] }
-            }
-          )
+    results: (pollId: PollId) =>
+      Effect.map(
+        call("results", () => client.hgetall(countsKey(pollId))),
+        (raw) => {
+          const counts = newCounts()
+          for (const field of Object.keys(raw)) counts[field] = Number(raw[field])
+          return { counts, servedVia: options.name }
+        }
+      ),
+    exactResults: (pollId: PollId, batchIds: ReadonlyArray<string>) =>
+      batchIds.length === 0
+        ? Effect.map(store.results(pollId), (r) => ({ ...r, appliedBatches: [] }))
         : Effect.map(
             call("results", () =>
               client.livepollResults(1 + batchIds.length, countsKey(pollId), ...batchIds.map(batchKey))

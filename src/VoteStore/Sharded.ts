@@ -22,7 +22,8 @@ export const make = (nodes: ReadonlyArray<ShardNode>, virtualNodes = Ring.DEFAUL
   return {
     vote: (pollId: PollId, optionId: OptionId) => storeFor(pollId).vote(pollId, optionId),
     voteOnce: (pollId, optionId, voterId) => storeFor(pollId).voteOnce(pollId, optionId, voterId),
-    results: (pollId: PollId, batchIds?: ReadonlyArray<string>) => storeFor(pollId).results(pollId, batchIds),
+    results: (pollId: PollId) => storeFor(pollId).results(pollId),
+    exactResults: (pollId: PollId, batchIds: ReadonlyArray<string>) => storeFor(pollId).exactResults(pollId, batchIds),
     applyBatch: (batch: Batch) => {
       const parts = new Map<string, Map<PollId, ReadonlyMap<OptionId, number>>>()
       for (const [pollId, increments] of batch.increments) {

@@ -1,9 +1,9 @@
 import { Cause, Clock, Duration, Effect, Exit, Layer, Schedule } from "effect"
-import type { Health, OptionId, PollId, PollResults, StoreUnavailable, VoteError } from "../Domain.js"
+import type { Counts, Health, OptionId, PollId, PollResults, StoreUnavailable, VoteError } from "../Domain.js"
 import * as Journal from "./Journal.js"
 import type { JournalShape } from "./Journal.js"
 import { addCounts, BufferFull, copyCounts, MAX_OPTIONS_PER_POLL, TooManyOptions } from "../Domain.js"
-import type { VoteStoreShape } from "../VoteStore.js"
+import type { ExactResults, VoteStoreShape } from "../VoteStore.js"
 import { InnerStore, VoteStore } from "../VoteStore.js"
 import { MAX_POLLS_PER_BATCH, type Batch, type Increments } from "../VoteStore.js"
 
@@ -137,7 +137,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
 
   // Not an Effect.fn: it runs on the first vote for each poll, and a span captures a stack trace per call.
   const checkOption = (partition: Partition, pollId: PollId, optionId: OptionId) =>
-    inner.results(pollId, []).pipe(
+    inner.exactResults(pollId, []).pipe(
       // Unknown here: learn the poll's options from the store. If the store is down, judge by what this buffer holds.
       Effect.map((r) => Object.keys(r.counts)),
       Effect.orElseSucceed((): Array<string> => []),
@@ -349,26 +349,32 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
 
   /**
    * The store's counts plus what this buffer holds for the poll, exactly: the in-flight batch is added unless the
-   * store reports it applied. Plain steps, not a generator: this runs on every read.
+   * store reports it applied. `asked`: the caller's own batch ids, for an exact read; undefined, a cache below may
+   * answer (unless the in-flight batch holds the poll: only the store can say whether it has it). `answer` shapes
+   * the result. Plain steps, not a generator: this runs on every read.
    */
-  const readExact = (
+  const readBuffered = <A>(
     partition: Partition,
     pollId: PollId,
-    fresh: ReadonlyArray<string> | undefined,
+    asked: ReadonlyArray<string> | undefined,
+    answer: (counts: Counts, stored: ExactResults) => A,
     attempt: number
-  ): Effect.Effect<PollResults, StoreUnavailable> => {
+  ): Effect.Effect<A, StoreUnavailable> => {
     const { epoch, pending, inflight } = partition
-    const asked = inflight?.increments.has(pollId) ? [inflight.id] : fresh
-    return Effect.flatMap(inner.results(pollId, asked), (stored) => {
+    const ours = inflight?.increments.has(pollId) === true
+    const read: Effect.Effect<ExactResults, StoreUnavailable> =
+      asked === undefined && !ours
+        ? Effect.map(inner.results(pollId), (r) => ({ ...r, appliedBatches: [] }))
+        : inner.exactResults(pollId, ours ? [inflight!.id, ...(asked ?? [])] : asked!)
+    return Effect.flatMap(read, (stored) => {
       // A batch sealed or confirmed while the store was being read could be counted twice or not at all.
-      if (partition.epoch !== epoch && attempt < 5) return readExact(partition, pollId, fresh, attempt + 1)
+      if (partition.epoch !== epoch && attempt < 5) return readBuffered(partition, pollId, asked, answer, attempt + 1)
       const counts = addCounts(copyCounts(stored.counts), pending.get(pollId))
-      if (inflight !== undefined && !stored.appliedBatches?.includes(inflight.id)) {
-        addCounts(counts, inflight.increments.get(pollId))
-      }
-      return Effect.succeed({ counts, servedVia: stored.servedVia })
+      if (ours && !stored.appliedBatches.includes(inflight!.id)) addCounts(counts, inflight!.increments.get(pollId))
+      return Effect.succeed(answer(counts, stored))
     })
   }
+  const plainAnswer = (counts: Counts, stored: ExactResults): PollResults => ({ counts, servedVia: stored.servedVia })
 
   const intervalMs = Duration.toMillis(options.flushInterval)
   const ago = (now: number, at: number | undefined) => (at === undefined ? null : now - at)
@@ -409,11 +415,29 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
           Effect.suspend(() => accept(partition, pollId, optionId))
         )
       }),
-    // A caller that passes batch ids (none of them ours) wants the store past any cache: pass that on.
-    results: (pollId: PollId, fresh?: ReadonlyArray<string>) =>
+    results: (pollId: PollId) =>
       Effect.suspend(() => {
         const partition = partitions.get(inner.partitionOf(pollId))
-        return partition === undefined ? inner.results(pollId, fresh) : readExact(partition, pollId, fresh, 1)
+        return partition === undefined
+          ? inner.results(pollId)
+          : readBuffered(partition, pollId, undefined, plainAnswer, 1)
+      }),
+    exactResults: (pollId: PollId, batchIds: ReadonlyArray<string>) =>
+      Effect.suspend(() => {
+        const partition = partitions.get(inner.partitionOf(pollId))
+        return partition === undefined
+          ? inner.exactResults(pollId, batchIds)
+          : readBuffered(
+              partition,
+              pollId,
+              batchIds,
+              (counts, stored): ExactResults => ({
+                counts,
+                servedVia: stored.servedVia,
+                appliedBatches: stored.appliedBatches.filter((id) => batchIds.includes(id))
+              }),
+              1
+            )
       }),
     // Not buffered: the voter's record decides before the 200, and the count goes with it.
     voteOnce: inner.voteOnce,
