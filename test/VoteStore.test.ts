@@ -1,5 +1,5 @@
-import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Schedule, type Scope, TestClock } from "effect"
+import { afterAll, beforeAll, describe, expect, it, layer } from "@effect/vitest"
+import { ConfigProvider, Duration, Effect, Layer, Schedule, TestClock } from "effect"
 import type { Redis } from "ioredis"
 import {
   AlreadyVoted,
@@ -10,23 +10,24 @@ import {
   TooManyOptions,
   VoterId
 } from "../src/Domain.js"
-import * as Cached from "../src/VoteStore/Cached.js"
+import { AppConfig, type Stage, STAGES } from "../src/Config.js"
+import * as Stages from "../src/Stages.js"
 import * as RedisStore from "../src/VoteStore/Redis.js"
-import * as Sharded from "../src/VoteStore/Sharded.js"
-import * as WriteBehind from "../src/VoteStore/WriteBehind.js"
-import { IN_MEMORY, makeMemory, type VoteStoreShape, type Batch } from "../src/VoteStore.js"
+import { type Batch, IN_MEMORY, VoteStore, type VoteStoreShape } from "../src/VoteStore.js"
 import { type RedisServer, startRedis } from "./support/redis.js"
+import { sleep } from "./support/wait.js"
 
 const poll = (id: string) => PollId.make(id)
 const option = (id: string) => OptionId.make(id)
 
 interface Backend {
   readonly store: VoteStoreShape
-  /** Lets a buffering store write what it holds; a no-op for the others. Counts must read the same after it. */
+  /**
+   * Lets a buffering store write what it holds (a flush period passes on the test clock, then its writes land); a
+   * no-op for the others. Counts must read the same after it.
+   */
   readonly settle: Effect.Effect<void>
 }
-
-const direct = (store: VoteStoreShape): Backend => ({ store, settle: Effect.void })
 
 let single: RedisServer
 let second: RedisServer
@@ -42,55 +43,53 @@ afterAll(async () => {
   await Promise.all([single?.stop(), second?.stop(), outage?.stop()])
 })
 
-const FLUSH = Duration.seconds(1)
+const FLUSH_MS = 1000
 
-const backends: ReadonlyArray<{
-  readonly name: string
-  readonly make: Effect.Effect<Backend, never, Scope.Scope>
-  readonly nodes: () => ReadonlyArray<string>
-}> = [
-  { name: "memory", make: Effect.map(makeMemory, direct), nodes: () => [IN_MEMORY] },
-  {
-    name: "redis",
-    make: Effect.suspend(() => RedisStore.make({ url: single.url, name: "redis_single" })).pipe(Effect.map(direct)),
-    nodes: () => ["redis_single"]
-  },
-  {
-    name: "sharded",
-    make: Effect.suspend(() =>
-      Effect.all([
-        RedisStore.make({ url: single.url, name: "shard_a" }),
-        RedisStore.make({ url: second.url, name: "shard_b" })
-      ])
-    ).pipe(
-      Effect.map(([a, b]) =>
-        direct(
-          Sharded.make([
-            { name: "shard_a", store: a },
-            { name: "shard_b", store: b }
-          ])
+/** The stage's services exactly as the app composes them, over this file's servers. */
+const stageLayer = (stage: Stage) =>
+  Layer.unwrapEffect(
+    Effect.map(
+      // Suspended: the servers start in the file's beforeAll, after this runs.
+      Effect.suspend(() =>
+        Effect.withConfigProvider(
+          AppConfig,
+          ConfigProvider.fromMap(
+            new Map([
+              ["POLL_STAGE", stage],
+              ["REDIS_URL", single.url],
+              ["REDIS_NODES", `shard_a=${single.url},shard_b=${second.url}`],
+              ["FLUSH_INTERVAL_MS", String(FLUSH_MS)]
+            ])
+          )
         )
-      )
-    ),
-    nodes: () => ["shard_a", "shard_b"]
-  },
-  {
-    name: "cached over memory",
-    make: makeMemory.pipe(
-      Effect.flatMap((inner) => Cached.make(inner, { ttl: Duration.seconds(5) })),
-      Effect.map(direct)
-    ),
-    nodes: () => [IN_MEMORY]
-  },
-  {
-    name: "write-behind over memory",
-    make: makeMemory.pipe(
-      Effect.flatMap((inner) => WriteBehind.make(inner, { flushInterval: FLUSH })),
-      Effect.map((store) => ({ store, settle: TestClock.adjust(FLUSH) }))
-    ),
-    nodes: () => [IN_MEMORY]
-  }
-]
+      ),
+      (config) => Stages.compositions[stage](config)
+    )
+  )
+
+/** Until the store holds nothing buffered: a flush sealed on the test clock still has its writes to make. */
+const drained = (store: VoteStoreShape) =>
+  Effect.gen(function* () {
+    for (let i = 0; i < 200; i++) {
+      if ((yield* store.health).pendingVotes === 0) return
+      yield* Effect.promise(() => sleep(10))
+    }
+    return yield* Effect.dieMessage("the buffer did not drain")
+  })
+
+const backend: Effect.Effect<Backend, never, VoteStore> = Effect.map(VoteStore, (store) => ({
+  store,
+  settle: Effect.zipRight(TestClock.adjust(Duration.millis(FLUSH_MS)), drained(store))
+}))
+
+const NODES: Record<Stage, ReadonlyArray<string>> = {
+  memory: [IN_MEMORY],
+  redis: ["redis"],
+  cached: ["redis"],
+  batched: ["redis"],
+  sharded: ["shard_a", "shard_b"],
+  full: ["shard_a", "shard_b"]
+}
 
 let pollSequence = 0
 /** A poll id no other test has used, on any backend (the Redis backends share servers). */
@@ -116,8 +115,10 @@ const batchOf = (id: string, increments: Record<string, Record<string, number>>)
   )
 })
 
-const contract = (name: string, make: Effect.Effect<Backend, never, Scope.Scope>, nodes: () => ReadonlyArray<string>) =>
-  describe(`VoteStore contract: ${name}`, () => {
+/** The contract over one stage's composition, built once and shared by its tests (each takes polls of its own). */
+const contract = (name: Stage, nodes: () => ReadonlyArray<string>) =>
+  layer(stageLayer(name), { timeout: Duration.seconds(30) })(`VoteStore contract: the ${name} stage`, (it) => {
+    const make = backend
     it.scoped("a vote shows in the results", () =>
       Effect.gen(function* () {
         const { store, settle } = yield* make
@@ -273,7 +274,9 @@ const contract = (name: string, make: Effect.Effect<Backend, never, Scope.Scope>
 
     it.scoped("health lists every node as reachable", () =>
       Effect.gen(function* () {
-        const { store } = yield* make
+        const { store, settle } = yield* make
+        // The stage is shared by the tests above: what they left buffered is written first.
+        yield* settle
         const health = yield* store.health
         expect(health.nodes).toEqual(nodes().map((n) => ({ name: n, reachable: true })))
         expect(health.pendingVotes).toBe(0)
@@ -281,7 +284,7 @@ const contract = (name: string, make: Effect.Effect<Backend, never, Scope.Scope>
     )
   })
 
-for (const backend of backends) contract(backend.name, backend.make, backend.nodes)
+for (const stage of STAGES) contract(stage, () => NODES[stage])
 
 describe("Redis backend", () => {
   let raw: Redis

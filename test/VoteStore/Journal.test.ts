@@ -1,10 +1,10 @@
-import { it } from "@effect/vitest"
-import { Effect, Exit } from "effect"
+import { it, layer } from "@effect/vitest"
+import { Effect, Exit, type Layer } from "effect"
 import * as fs from "node:fs"
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { describe, expect } from "vitest"
+import { afterAll, describe, expect } from "vitest"
 import { JournalFailed, type OptionId, type PollId } from "../../src/Domain.js"
 import * as Journal from "../../src/VoteStore/Journal.js"
 import { type Batch } from "../../src/VoteStore.js"
@@ -340,3 +340,75 @@ describe("Journal.makeFile on a failing disk", () => {
       })
   )
 })
+
+/**
+ * The `Journal` contract over both layers the stages compose: the file journal (`JOURNAL_DIR` set) and none. Each
+ * layer is one journal shared by its tests, as it is shared by a buffer's partitions. What a journal keeps (`keeps`)
+ * must come back from a reopen; a journal that keeps nothing must still take every record without failing.
+ */
+const journalDir = mkdtempSync(join(tmpdir(), "livepoll-journal-contract-"))
+afterAll(() => rmSync(journalDir, { recursive: true, force: true }))
+
+const journals: ReadonlyArray<{ readonly name: string; readonly layer: Layer.Layer<Journal.Journal>; keeps: boolean }> =
+  [
+    { name: "file", layer: Journal.layerFile(journalDir), keeps: true },
+    { name: "none", layer: Journal.layerNone, keeps: false }
+  ]
+
+for (const { name, layer: journalLayer, keeps } of journals) {
+  layer(journalLayer)(`Journal contract: ${name}`, (it) => {
+    it.effect("a journal nobody wrote to recovers nothing", () =>
+      Effect.gen(function* () {
+        const recovered = yield* (yield* Journal.Journal).recover
+        expect(recovered.pending.size).toBe(0)
+        expect(recovered.batches).toEqual([])
+      })
+    )
+
+    it.effect("append succeeds for every vote, and says when each is durable at most once", () =>
+      Effect.gen(function* () {
+        const journal = yield* Journal.Journal
+        const durable: Array<string> = []
+        yield* Effect.forEach(
+          ["A", "B", "A"],
+          (option, i) => journal.append(p(`c-${i}`), o(option), () => durable.push(`c-${i}`)),
+          { concurrency: "unbounded", discard: true }
+        )
+        // A journal that has a durable moment names each vote once; one that has none leaves it to the caller.
+        expect(durable.length === 0 || [...durable].sort().join() === "c-0,c-1,c-2").toBe(true)
+        if (keeps) expect(durable).toHaveLength(3)
+      })
+    )
+
+    it.effect("sealed, confirmed and compact take any record without failing", () =>
+      Effect.gen(function* () {
+        const journal = yield* Journal.Journal
+        const sealed = batch("contract-1", [["c-0", "A", 1]])
+        yield* journal.sealed("redis", sealed)
+        yield* journal.confirmed(sealed.id)
+        yield* journal.confirmed("never-sealed")
+        yield* journal.compact(() => ({ pending: [new Map([[p("c-1"), new Map([[o("B"), 4]])]])], batches: [] }))
+        const health = journal.health === undefined ? undefined : yield* journal.health
+        if (health !== undefined) expect(health.ok).toBe(true)
+      })
+    )
+
+    it.effect(
+      keeps
+        ? "what the journal holds after a compaction is what a reopened journal recovers"
+        : "a journal that keeps nothing recovers nothing, whatever it was given",
+      () =>
+        Effect.gen(function* () {
+          const journal = yield* Journal.Journal
+          yield* journal.compact(() => ({
+            pending: [new Map([[p("c-2"), new Map([[o("A"), 2]])]])],
+            batches: [{ partition: "redis", batch: batch("contract-2", [["c-2", "B", 1]]) }]
+          }))
+          yield* journal.append(p("c-2"), o("A"), noop)
+          const reopened = keeps ? yield* reopen(journalDir) : yield* journal.recover
+          expect(flat(reopened)).toEqual(keeps ? { "c-2/A": 3 } : {})
+          expect(reopened.batches.map((b) => b.batch.id)).toEqual(keeps ? ["contract-2"] : [])
+        })
+    )
+  })
+}
