@@ -104,6 +104,17 @@ const SETTINGS = {
       ),
     (nodes) => nodes.map((n) => `${n.name}=${n.url}`).join(",")
   ),
+  // Above the 300 ms a fenced script keeps for its answer to come back and, with the 200 ms second guard on top,
+  // still under the contract's 2 s to a 503.
+  redisCommandTimeoutMs: setting("REDIS_COMMAND_TIMEOUT_MS", (env) =>
+    bounded(
+      env,
+      1500,
+      400,
+      "how long a Redis command may go unanswered before it fails and the request is answered 503",
+      1700
+    )
+  ),
   cacheTtlMs: setting("CACHE_TTL_MS", (env) => bounded(env, 5000, 0, "read-cache lifetime")),
   cacheMaxPolls: setting("CACHE_MAX_POLLS", (env) =>
     bounded(
@@ -122,7 +133,28 @@ const SETTINGS = {
         "instance usually arrives sooner, over pub/sub)"
     )
   ),
+  // Each resync reads the whole index of every node: not more than ten times a second.
+  definitionsResyncMs: setting("DEFINITIONS_RESYNC_MS", (env) =>
+    bounded(
+      env,
+      5000,
+      100,
+      "how often each instance re-reads which polls are defined, for an announcement it missed while a node was away",
+      MAX_TIMER_MS
+    )
+  ),
   flushIntervalMs: setting("FLUSH_INTERVAL_MS", (env) => bounded(env, 10000, 1, "write-behind flush period")),
+  // The waits double: ten retries already hold a failing round for 102 s.
+  flushRetries: setting("FLUSH_RETRIES", (env) =>
+    bounded(
+      env,
+      2,
+      0,
+      "retries of a failed batch within one flush round (100 ms after the failure, each wait twice the last); then " +
+        "it waits for the next round",
+      10
+    )
+  ),
   bufferMaxEntries: setting("BUFFER_MAX_ENTRIES", (env) =>
     bounded(
       env,
@@ -167,6 +199,26 @@ const SETTINGS = {
       0,
       "live result streams at once; past it a new stream is answered 503 (lowered to leave a tenth of the " +
         "connections to other requests)"
+    )
+  ),
+  // Results more than a minute old are not live.
+  streamUpdateIntervalMs: setting("STREAM_UPDATE_INTERVAL_MS", (env) =>
+    bounded(
+      env,
+      100,
+      1,
+      "a poll's live results are re-read and sent at most this often, however fast votes arrive",
+      60_000
+    )
+  ),
+  // More than ten comments a second per stream is load, not keep-alive.
+  streamHeartbeatMs: setting("STREAM_HEARTBEAT_MS", (env) =>
+    bounded(
+      env,
+      15_000,
+      100,
+      "how often every live stream gets a keep-alive comment, so proxies keep it open",
+      MAX_TIMER_MS
     )
   ),
   headersTimeoutMs: setting("HEADERS_TIMEOUT_MS", (env) =>

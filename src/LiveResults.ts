@@ -5,9 +5,19 @@ import { Feed } from "./Feed.js"
 import type { Polls } from "./Polls.js"
 import type { VoteStore } from "./VoteStore.js"
 
-/** A poll's stream re-reads its results at most this often, however fast votes arrive. */
+/** A poll's stream re-reads its results at most this often, however fast votes arrive (`STREAM_UPDATE_INTERVAL_MS`). */
 export const MIN_UPDATE_INTERVAL_MS = 100
-const HEARTBEAT_MS = 15_000
+/** Every stream gets a comment line this often, so no proxy takes it for idle and closes it (`STREAM_HEARTBEAT_MS`). */
+export const HEARTBEAT_MS = 15_000
+
+export interface HubOptions {
+  /** Streams open at once, at most; past it a new stream is refused. */
+  readonly maxStreams: number
+  /** A poll's results are re-read at most this often (`STREAM_UPDATE_INTERVAL_MS`). */
+  readonly updateIntervalMs?: number | undefined
+  /** Every stream gets a keep-alive comment this often (`STREAM_HEARTBEAT_MS`). */
+  readonly heartbeatMs?: number | undefined
+}
 
 interface Client {
   readonly res: ServerResponse
@@ -36,7 +46,7 @@ export const STREAM_HEADERS = {
 
 /**
  * Server-Sent Events of each poll's results. One watch per poll with listeners, however many: it waits for the
- * feed's change signals, re-reads at most every MIN_UPDATE_INTERVAL_MS and sends only what differs from the last
+ * feed's change signals, re-reads at most every `updateIntervalMs` and sends only what differs from the last
  * event. A slow client is skipped while its socket is backed up and catches up with the latest event when it drains;
  * it never holds up the others, and never has more than one event waiting in its buffer. At most `maxStreams` are
  * open at once; past it a new stream is refused.
@@ -46,8 +56,9 @@ type Services = Feed | Polls | VoteStore
 export const makeHub = (
   runtime: Runtime.Runtime<Services>,
   read: (pollId: PollId) => Effect.Effect<unknown, unknown, Services>,
-  options: { readonly maxStreams: number }
+  options: HubOptions
 ) => {
+  const updateIntervalMs = options.updateIntervalMs ?? MIN_UPDATE_INTERVAL_MS
   const runFork = Runtime.runFork(runtime)
   const watches = new Map<PollId, Watch>()
   let open = 0
@@ -85,7 +96,7 @@ export const makeHub = (
 
   const schedule = (pollId: PollId, watch: Watch) => {
     if (watch.timer !== undefined || watches.get(pollId) !== watch) return
-    const wait = Math.max(0, watch.lastReadAt + MIN_UPDATE_INTERVAL_MS - Date.now())
+    const wait = Math.max(0, watch.lastReadAt + updateIntervalMs - Date.now())
     watch.timer = setTimeout(() => {
       watch.timer = undefined
       refresh(pollId, watch)
@@ -96,7 +107,7 @@ export const makeHub = (
     for (const watch of watches.values()) {
       for (const client of watch.clients) if (!client.blocked) client.blocked = !client.res.write(": keep-alive\n\n")
     }
-  }, HEARTBEAT_MS)
+  }, options.heartbeatMs ?? HEARTBEAT_MS)
   heartbeat.unref()
 
   const full = () => open >= options.maxStreams

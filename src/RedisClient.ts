@@ -2,14 +2,30 @@ import { Duration, Effect, Runtime, type Scope } from "effect"
 import { Redis } from "ioredis"
 import { StoreUnavailable } from "./Domain.js"
 
-/** A command that has not answered in this time fails, so callers get a 503 within the contract's 2 s. */
+/**
+ * A command that has not answered in this time fails, so callers get a 503 within the contract's 2 s. The default of
+ * `REDIS_COMMAND_TIMEOUT_MS`; a node may set its own (`commandTimeoutMs`).
+ */
 export const COMMAND_TIMEOUT_MS = 1500
+/** The second guard of `caller` fires this long after the command's own time-out. */
+const GUARD_MARGIN_MS = 200
+/**
+ * A connection attempt that takes longer is given up and tried again; the start waits at most this long for the first,
+ * so a node that is down does not hold it up.
+ */
+const CONNECT_TIMEOUT_MS = 1000
 
 export interface RedisNode {
   readonly url: string
   /** The node's name: `served_via` of reads and the label in health and logs. */
   readonly name: string
+  /** How long a command may go unanswered before it fails (`REDIS_COMMAND_TIMEOUT_MS`); COMMAND_TIMEOUT_MS if unset. */
+  readonly commandTimeoutMs?: number
 }
+
+/** The node's command time-out, as configured or by default. */
+export const commandTimeoutOf = (node: Pick<RedisNode, "commandTimeoutMs">): number =>
+  node.commandTimeoutMs ?? COMMAND_TIMEOUT_MS
 
 export interface ConnectOptions {
   /** Send commands issued in the same tick as one pipeline (one round trip). */
@@ -33,8 +49,8 @@ export const acquire = (node: RedisNode, options: ConnectOptions = {}): Effect.E
             enableOfflineQueue: options.subscriber === true,
             enableAutoPipelining: options.autoPipelining === true,
             maxRetriesPerRequest: options.subscriber ? null : 1,
-            commandTimeout: options.subscriber ? undefined : COMMAND_TIMEOUT_MS,
-            connectTimeout: 1000,
+            commandTimeout: options.subscriber ? undefined : commandTimeoutOf(node),
+            connectTimeout: CONNECT_TIMEOUT_MS,
             retryStrategy: (attempt) => Math.min(attempt * 100, 1000)
           })
       ),
@@ -74,7 +90,7 @@ export const acquire = (node: RedisNode, options: ConnectOptions = {}): Effect.E
           client.off("error", settle)
           resume(Effect.void)
         }
-        const timer = setTimeout(settle, 1000)
+        const timer = setTimeout(settle, CONNECT_TIMEOUT_MS)
         client.once("ready", settle)
         client.once("error", settle)
       })
@@ -82,10 +98,14 @@ export const acquire = (node: RedisNode, options: ConnectOptions = {}): Effect.E
     return client
   })
 
-/** How long before a command's time-out a fenced script stops applying it: the time its answer has to come back. */
-const FENCE_MARGIN_MS = 300
+/**
+ * How long before a command's time-out a fenced script stops applying it: the time its answer has to come back.
+ * `REDIS_COMMAND_TIMEOUT_MS` is bounded above it.
+ */
+export const FENCE_MARGIN_MS = 300
 /** A clock reading whose round trip took this long says too little to be used. */
 const CLOCK_MAX_ROUND_TRIP_MS = 1000
+/** The offset is measured again this often: the two clocks drift apart. */
 const CLOCK_INTERVAL_MS = 30_000
 /** Until a reading has succeeded, another is tried this often. */
 const CLOCK_RETRY_MS = 250
@@ -103,9 +123,13 @@ end`
  * counted again when the client retries. Measured with TIME when the connection is ready and every 30 s, as an offset,
  * so the two hosts' clocks need not agree. The node read its clock somewhere within the round trip, so the offset is
  * taken at its earliest (node time minus our time when the answer came): a deadline is then early by at most the
- * round trip, never late. `deadline()` is on the node's clock, 0 (no fence) until a reading exists.
+ * round trip, never late. `deadline()` is on the node's clock, 0 (no fence) until a reading exists; `timeoutMs` is
+ * the command time-out of the client's node.
  */
-export const serverClock = (client: Redis): Effect.Effect<{ readonly deadline: () => number }, never, Scope.Scope> =>
+export const serverClock = (
+  client: Redis,
+  timeoutMs: number
+): Effect.Effect<{ readonly deadline: () => number }, never, Scope.Scope> =>
   Effect.gen(function* () {
     let offset: number | undefined
     let retry: NodeJS.Timeout | undefined
@@ -134,8 +158,7 @@ export const serverClock = (client: Redis): Effect.Effect<{ readonly deadline: (
       })
     )
     return {
-      deadline: () =>
-        offset === undefined ? 0 : Math.floor(Date.now() + offset + COMMAND_TIMEOUT_MS - FENCE_MARGIN_MS)
+      deadline: () => (offset === undefined ? 0 : Math.floor(Date.now() + offset + timeoutMs - FENCE_MARGIN_MS))
     }
   })
 
@@ -152,9 +175,10 @@ const describe = (error: unknown): string => {
  * hangs (for example mid-reconnect). A plain timer rather than `Effect.timeout`: this sits on every vote of the
  * Redis stages, and racing a forked fiber costs more than the command.
  */
-export const caller =
-  (node: string) =>
-  <A>(what: string, run: () => Promise<A>): Effect.Effect<A, StoreUnavailable> =>
+export const caller = (target: Pick<RedisNode, "name" | "commandTimeoutMs">) => {
+  const node = target.name
+  const guardMs = commandTimeoutOf(target) + GUARD_MARGIN_MS
+  return <A>(what: string, run: () => Promise<A>): Effect.Effect<A, StoreUnavailable> =>
     Effect.async<A, StoreUnavailable>((resume) => {
       let settled = false
       const settle = (effect: Effect.Effect<A, StoreUnavailable>) => {
@@ -167,7 +191,7 @@ export const caller =
         settle(Effect.fail(new StoreUnavailable({ node, reason: `${what} failed: ${describe(error)}` })))
       const timer = setTimeout(
         () => settle(Effect.fail(new StoreUnavailable({ node, reason: `${what}: timed out` }))),
-        COMMAND_TIMEOUT_MS + 200
+        guardMs
       )
       try {
         run().then((value) => settle(Effect.succeed(value)), failed)
@@ -179,3 +203,4 @@ export const caller =
         clearTimeout(timer)
       })
     })
+}

@@ -1,5 +1,6 @@
 import { ConfigError, Duration, Effect, Layer, Option } from "effect"
 import type { AppConfig, Stage } from "./Config.js"
+import type { RedisNode } from "./RedisClient.js"
 import { AppConfig as AppConfigSpec, describe as describeConfig } from "./Config.js"
 import * as Feed from "./Feed.js"
 import * as FeedRedis from "./Feed/Redis.js"
@@ -22,7 +23,12 @@ const over = <E, R, R2>(
 
 type Services = VoteStore | Polls.Polls | Feed.Feed
 
-const single = (c: AppConfig) => [{ url: c.redisUrl, name: "redis" }]
+/** The node of the single-Redis stages, and the shards of the others, each with the configured command time-out. */
+const single = (c: AppConfig): ReadonlyArray<RedisNode> => [
+  { url: c.redisUrl, name: "redis", commandTimeoutMs: c.redisCommandTimeoutMs }
+]
+const shards = (c: AppConfig): ReadonlyArray<RedisNode> =>
+  c.redisNodes.map((n) => ({ ...n, commandTimeoutMs: c.redisCommandTimeoutMs }))
 
 /** The bottom of every stack: the store itself, which signals changes to live result streams. */
 const base = (store: Layer.Layer<VoteStore>) => over(Notifying.layer, store)
@@ -33,6 +39,7 @@ const buffer = (c: AppConfig) =>
   WriteBehind.layer({
     flushInterval: Duration.millis(c.flushIntervalMs),
     maxEntries: c.bufferMaxEntries,
+    flushRetries: c.flushRetries,
     shutdownDeadline: Duration.millis(c.shutdownFlushMs)
   }).pipe(Layer.provide(journal(c)))
 
@@ -41,12 +48,8 @@ const definitions = <E, R>(c: AppConfig, polls: Layer.Layer<Polls.Polls, E, R>) 
   PollsCached.over({ ttl: Duration.millis(c.definitionsCacheTtlMs), capacity: c.cacheMaxPolls }, polls)
 
 /** Poll definitions and change signals live on the same Redis node(s) as the counts. */
-const onRedis = (
-  c: AppConfig,
-  nodes: ReadonlyArray<{ url: string; name: string }>,
-  store: Layer.Layer<VoteStore, never, Feed.Feed>
-) =>
-  Layer.merge(store, definitions(c, PollsRedis.layer(nodes, c.maxPolls))).pipe(
+const onRedis = (c: AppConfig, nodes: ReadonlyArray<RedisNode>, store: Layer.Layer<VoteStore, never, Feed.Feed>) =>
+  Layer.merge(store, definitions(c, PollsRedis.layer(nodes, c.maxPolls, { resyncMs: c.definitionsResyncMs }))).pipe(
     Layer.provideMerge(FeedRedis.layer(nodes))
   )
 
@@ -59,9 +62,9 @@ export const compositions: Record<Stage, (c: AppConfig) => Layer.Layer<Services>
   redis: (c) => onRedis(c, single(c), base(RedisStore.layer(single(c)[0]!))),
   cached: (c) => onRedis(c, single(c), over(cache(c), base(RedisStore.layer(single(c)[0]!)))),
   batched: (c) => onRedis(c, single(c), over(buffer(c), base(RedisStore.layer(single(c)[0]!)))),
-  sharded: (c) => onRedis(c, c.redisNodes, base(Sharded.layerRedis(c.redisNodes))),
+  sharded: (c) => onRedis(c, shards(c), base(Sharded.layerRedis(shards(c)))),
   // Buffer outermost so reads add this instance's pending votes to the (possibly cached) stored counts.
-  full: (c) => onRedis(c, c.redisNodes, over(buffer(c), over(cache(c), base(Sharded.layerRedis(c.redisNodes)))))
+  full: (c) => onRedis(c, shards(c), over(buffer(c), over(cache(c), base(Sharded.layerRedis(shards(c))))))
 }
 
 /** The services chosen by `POLL_STAGE`. */

@@ -1,8 +1,8 @@
 import { Deferred, Effect, Exit, FiberId } from "effect"
 
 /**
- * A read-through cache for the request path: a hit is one map lookup and a clock read. Effect's `Cache` does more
- * (LRU bookkeeping, statistics, structural keys), which cost a measurable share of a cached read.
+ * A read-through cache for the request path: a hit is one map lookup and a clock read, where Effect's `Cache` does
+ * more than a cached read can afford (see the README's "Performance").
  *
  * - Concurrent misses of one key share a single lookup; its callers see `hit: false`, the ones who waited `hit: true`.
  * - A value is kept for `ttlMs(value)` after its lookup completed; 0 means "do not keep". Failures are never kept.

@@ -40,6 +40,11 @@ describe("AppConfig", () => {
       expect(config.headersTimeoutMs).toBe(10_000)
       expect(config.requestTimeoutMs).toBe(20_000)
       expect(config.keepAliveTimeoutMs).toBe(5_000)
+      expect(config.redisCommandTimeoutMs).toBe(1500)
+      expect(config.definitionsResyncMs).toBe(5000)
+      expect(config.flushRetries).toBe(2)
+      expect(config.streamUpdateIntervalMs).toBe(100)
+      expect(config.streamHeartbeatMs).toBe(15_000)
     })
   )
 
@@ -51,16 +56,21 @@ describe("AppConfig", () => {
         POLL_STAGE: "sharded",
         REDIS_URL: "redis://cache.internal:6390/2",
         REDIS_NODES: "east=redis://10.0.0.1:6380, west=redis://10.0.0.2:6381",
+        REDIS_COMMAND_TIMEOUT_MS: "900",
         CACHE_TTL_MS: "250",
         CACHE_MAX_POLLS: "77",
         DEFINITIONS_CACHE_TTL_MS: "66",
+        DEFINITIONS_RESYNC_MS: "2500",
         FLUSH_INTERVAL_MS: "300",
+        FLUSH_RETRIES: "5",
         BUFFER_MAX_ENTRIES: "88",
         SHUTDOWN_FLUSH_MS: "99",
         JOURNAL_DIR: "/var/lib/livepoll",
         MAX_POLLS: "50",
         MAX_CONNECTIONS: "500",
         MAX_STREAMS: "400",
+        STREAM_UPDATE_INTERVAL_MS: "250",
+        STREAM_HEARTBEAT_MS: "30000",
         HEADERS_TIMEOUT_MS: "3000",
         REQUEST_TIMEOUT_MS: "4000",
         KEEP_ALIVE_TIMEOUT_MS: "1500",
@@ -75,16 +85,21 @@ describe("AppConfig", () => {
           { name: "east", url: "redis://10.0.0.1:6380" },
           { name: "west", url: "redis://10.0.0.2:6381" }
         ],
+        redisCommandTimeoutMs: 900,
         cacheTtlMs: 250,
         cacheMaxPolls: 77,
         definitionsCacheTtlMs: 66,
+        definitionsResyncMs: 2500,
         flushIntervalMs: 300,
+        flushRetries: 5,
         bufferMaxEntries: 88,
         shutdownFlushMs: 99,
         journalDir: Option.some("/var/lib/livepoll"),
         maxPolls: 50,
         maxConnections: 500,
         maxStreams: 400,
+        streamUpdateIntervalMs: 250,
+        streamHeartbeatMs: 30_000,
         headersTimeoutMs: 3000,
         requestTimeoutMs: 4000,
         keepAliveTimeoutMs: 1500,
@@ -144,6 +159,29 @@ describe("AppConfig", () => {
       // Past what a Node timer can hold (it would fire at once).
       yield* failsNaming("REQUEST_TIMEOUT_MS", { REQUEST_TIMEOUT_MS: String(2 ** 31) })
       expect((yield* load({ MAX_STREAMS: "0" })).maxStreams).toBe(0)
+    })
+  )
+
+  it.effect("bounds the Redis command time-out so a 503 still comes within the contract's 2 s", () =>
+    Effect.gen(function* () {
+      // At most the fenced scripts' margin (300 ms) leaves no time to apply a write; past 1700 the second guard
+      // (200 ms on top) reaches the 2 s.
+      yield* failsNaming("REDIS_COMMAND_TIMEOUT_MS", { REDIS_COMMAND_TIMEOUT_MS: "300" })
+      yield* failsNaming("REDIS_COMMAND_TIMEOUT_MS", { REDIS_COMMAND_TIMEOUT_MS: "399" })
+      yield* failsNaming("REDIS_COMMAND_TIMEOUT_MS", { REDIS_COMMAND_TIMEOUT_MS: "1701" })
+      expect((yield* load({ REDIS_COMMAND_TIMEOUT_MS: "400" })).redisCommandTimeoutMs).toBe(400)
+      expect((yield* load({ REDIS_COMMAND_TIMEOUT_MS: "1700" })).redisCommandTimeoutMs).toBe(1700)
+    })
+  )
+
+  it.effect("rejects tuning numbers out of their bounds, naming each", () =>
+    Effect.gen(function* () {
+      yield* failsNaming("FLUSH_RETRIES", { FLUSH_RETRIES: "-1" })
+      yield* failsNaming("FLUSH_RETRIES", { FLUSH_RETRIES: "11" })
+      yield* failsNaming("STREAM_UPDATE_INTERVAL_MS", { STREAM_UPDATE_INTERVAL_MS: "0" })
+      yield* failsNaming("STREAM_HEARTBEAT_MS", { STREAM_HEARTBEAT_MS: "99" })
+      yield* failsNaming("DEFINITIONS_RESYNC_MS", { DEFINITIONS_RESYNC_MS: "99" })
+      expect((yield* load({ FLUSH_RETRIES: "0" })).flushRetries).toBe(0)
     })
   )
 

@@ -1,7 +1,7 @@
 import { Effect, ManagedRuntime, Runtime } from "effect"
 import { EventEmitter } from "node:events"
 import type { ServerResponse } from "node:http"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest"
 import type { PollId } from "../src/Domain.js"
 import * as Feed from "../src/Feed.js"
 import * as LiveResults from "../src/LiveResults.js"
@@ -121,4 +121,69 @@ describe("the stream cap", () => {
     expect(hub.attach(pollId, c as unknown as ServerResponse)).toBe(true)
     hub.close()
   })
+})
+
+/** The hub's timers and clock on vitest's fake timers, for the length of `body`. */
+const onFakeTimers = async (body: () => Promise<void>) => {
+  vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "setInterval", "clearInterval", "Date"] })
+  try {
+    await body()
+  } finally {
+    vi.useRealTimers()
+  }
+}
+
+describe("the stream's timing", () => {
+  it("re-reads a poll's results at most every updateIntervalMs", () =>
+    onFakeTimers(async () => {
+      let reads = 0
+      const hub = LiveResults.makeHub(
+        runtime as Runtime.Runtime<any>,
+        () => Effect.sync(() => (reads++, { results: { ...results } })),
+        { maxStreams: 10, updateIntervalMs: 1000 }
+      )
+      const pollId = "paced" as PollId
+      results = { A: 1 }
+      const res = new FakeResponse()
+      hub.attach(pollId, res as unknown as ServerResponse)
+      await vi.advanceTimersByTimeAsync(0)
+      expect(reads).toBe(1)
+      expect(res.events()).toEqual([{ results: { A: 1 } }])
+
+      // Ten times the default interval, and still no second read: the change waits for the configured one.
+      results = { A: 2 }
+      await changed(pollId)
+      await vi.advanceTimersByTimeAsync(999)
+      expect(reads).toBe(1)
+      await vi.advanceTimersByTimeAsync(1)
+      expect(reads).toBe(2)
+      expect(res.events()).toEqual([{ results: { A: 1 } }, { results: { A: 2 } }])
+
+      // A change long after the last read is sent at once.
+      await vi.advanceTimersByTimeAsync(5000)
+      results = { A: 3 }
+      await changed(pollId)
+      await vi.advanceTimersByTimeAsync(0)
+      expect(reads).toBe(3)
+      hub.close()
+    }))
+
+  it("sends every stream a keep-alive comment every heartbeatMs", () =>
+    onFakeTimers(async () => {
+      const hub = LiveResults.makeHub(
+        runtime as Runtime.Runtime<any>,
+        () => Effect.sync(() => ({ results: { ...results } })),
+        { maxStreams: 10, heartbeatMs: 500 }
+      )
+      const res = new FakeResponse()
+      hub.attach("quiet" as PollId, res as unknown as ServerResponse)
+      const keepAlives = () => res.written.filter((w) => w.startsWith(": keep-alive")).length
+      await vi.advanceTimersByTimeAsync(499)
+      expect(keepAlives()).toBe(0)
+      await vi.advanceTimersByTimeAsync(1)
+      expect(keepAlives()).toBe(1)
+      await vi.advanceTimersByTimeAsync(1000)
+      expect(keepAlives()).toBe(3)
+      hub.close()
+    }))
 })

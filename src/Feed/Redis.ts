@@ -36,7 +36,7 @@ export const layer = (nodes: ReadonlyArray<RedisClient.RedisNode>): Layer.Layer<
           Effect.timeout(Duration.millis(SUBSCRIBE_WAIT_MS)),
           Effect.ignore
         )
-        const call = RedisClient.caller(node.name)
+        const call = RedisClient.caller(node)
         publish.set(node.name, (message) =>
           runFork(Effect.ignore(call("publish", () => client.publish(CHANNEL, message))))
         )

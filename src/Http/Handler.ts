@@ -36,6 +36,10 @@ const INTERNAL_ERROR = fromError(new InternalError())
 
 export interface HandlerOptions {
   readonly maxStreams: number
+  /** A poll's stream re-reads its results at most this often (`STREAM_UPDATE_INTERVAL_MS`). */
+  readonly streamUpdateIntervalMs?: number | undefined
+  /** Every stream gets a keep-alive comment this often (`STREAM_HEARTBEAT_MS`). */
+  readonly streamHeartbeatMs?: number | undefined
   /** Connections the listener has answered itself (see Listener): requests parsed on them get no second answer. */
   readonly answered: WeakSet<Socket>
 }
@@ -55,7 +59,11 @@ export const makeHandler = (runtime: Runtime.Runtime<Services>, options: Handler
   const hub = LiveResults.makeHub(
     runtime,
     (pollId) => Effect.map(api.tallyExact(pollId), ({ served_via: _, ...rest }) => rest),
-    { maxStreams: options.maxStreams }
+    {
+      maxStreams: options.maxStreams,
+      updateIntervalMs: options.streamUpdateIntervalMs,
+      heartbeatMs: options.streamHeartbeatMs
+    }
   )
   const failed = (res: ServerResponse, cause: unknown) => {
     runFork(Effect.logError("request failed unexpectedly", Cause.isCause(cause) ? cause : Cause.die(cause)))

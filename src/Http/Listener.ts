@@ -27,6 +27,10 @@ export interface ServerOptions {
   readonly maxConnections: number
   /** Live result streams at once (lowered to leave connections to other requests). */
   readonly maxStreams: number
+  /** A poll's stream re-reads its results at most this often. */
+  readonly streamUpdateIntervalMs?: number
+  /** Every stream gets a keep-alive comment this often. */
+  readonly streamHeartbeatMs?: number
   /** A request's headers must be in within this, counted from its first byte (or from connecting). */
   readonly headersTimeoutMs: number
   /** A request, headers and body, must be in within this: a body shorter than its Content-Length is cut here. */
@@ -82,7 +86,12 @@ export const layer = (options: ServerOptions): Layer.Layer<never, Error, Service
       const answered = new WeakSet<Socket>()
       const runtime = yield* Effect.runtime<Services>()
       const runFork = Runtime.runFork(runtime)
-      const { handler, hub } = makeHandler(runtime, { maxStreams: limits.streams, answered })
+      const { handler, hub } = makeHandler(runtime, {
+        maxStreams: limits.streams,
+        streamUpdateIntervalMs: options.streamUpdateIntervalMs,
+        streamHeartbeatMs: options.streamHeartbeatMs,
+        answered
+      })
       const server = createServer(
         {
           keepAliveTimeout: options.keepAliveTimeoutMs,

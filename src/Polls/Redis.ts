@@ -17,7 +17,8 @@ const CLOSED_CHANNEL = "livepoll:poll-closed"
 const ACK_CHANNEL = "livepoll:poll-created-ack"
 /** How long `create` waits for every instance to confirm it knows the new poll (see `create`). */
 const ACK_WAIT_MS = 1000
-const RESYNC_MS = 5000
+/** The default of `DEFINITIONS_RESYNC_MS`. */
+export const RESYNC_MS = 5000
 /** How long the start waits for a node to confirm the subscriptions (a node that is down does not confirm). */
 const SUBSCRIBE_WAIT_MS = 1000
 
@@ -43,11 +44,17 @@ return encoded`
 
 const decode = Schema.decodeUnknown(Schema.parseJson(PollDefinition))
 
+export interface PollsRedisOptions {
+  /** How often the index of defined polls is read again, for announcements missed (`DEFINITIONS_RESYNC_MS`). */
+  readonly resyncMs?: number
+}
+
 /** Definitions and voter sets on the node the ring gives each poll (one node for the single-Redis stages). */
 export const make = Effect.fn("Polls.redis.make")(function* (
   nodes: ReadonlyArray<RedisClient.RedisNode>,
   /** Definitions each node holds at most (`MAX_POLLS`). */
-  maxPolls: number
+  maxPolls: number,
+  options: PollsRedisOptions = {}
 ) {
   const ring = Ring.make(nodes.map((n) => n.name))
   const runFork = Runtime.runFork(yield* Effect.runtime<never>())
@@ -57,7 +64,7 @@ export const make = Effect.fn("Polls.redis.make")(function* (
       Effect.map(RedisClient.acquire(node, { autoPipelining: true }), (client) => {
         client.defineCommand("livepollClose", { numberOfKeys: 1, lua: CLOSE_SCRIPT })
         client.defineCommand("livepollCreate", { numberOfKeys: 3, lua: CREATE_SCRIPT })
-        return [node.name, { client, call: RedisClient.caller(node.name) }] as const
+        return [node.name, { client, call: RedisClient.caller(node) }] as const
       })
     )
   )
@@ -65,7 +72,7 @@ export const make = Effect.fn("Polls.redis.make")(function* (
   const parse = (pollId: PollId, text: string) =>
     decode(text).pipe(Effect.orDieWith((e) => new Error(`stored definition of poll ${pollId} is malformed: ${e}`)))
 
-  // Which polls are defined: loaded at start, told of new ones over pub/sub, and re-read every few seconds in case
+  // Which polls are defined: loaded at start, told of new ones over pub/sub, and re-read every `resyncMs` in case
   // a message was missed while a node was away. Every instance confirms each announcement (an ack on the same node),
   // and `create` answers only when all the instances the announcement reached have confirmed: after a 201, no
   // instance takes the poll for an ad-hoc one. (An instance cut off from the node does not confirm; `create` gives
@@ -102,7 +109,10 @@ export const make = Effect.fn("Polls.redis.make")(function* (
     )
   }
   yield* resync
-  yield* resync.pipe(Effect.schedule(Schedule.spaced(Duration.millis(RESYNC_MS))), Effect.forkScoped)
+  yield* resync.pipe(
+    Effect.schedule(Schedule.spaced(Duration.millis(options.resyncMs ?? RESYNC_MS))),
+    Effect.forkScoped
+  )
 
   // Ids whose definition went missing, each logged once; bounded by the definitions this instance has seen.
   const lost = new Set<string>()
@@ -199,5 +209,8 @@ export const make = Effect.fn("Polls.redis.make")(function* (
   return shape
 })
 
-export const layer = (nodes: ReadonlyArray<RedisClient.RedisNode>, maxPolls: number): Layer.Layer<Polls> =>
-  Layer.scoped(Polls, make(nodes, maxPolls))
+export const layer = (
+  nodes: ReadonlyArray<RedisClient.RedisNode>,
+  maxPolls: number,
+  options: PollsRedisOptions = {}
+): Layer.Layer<Polls> => Layer.scoped(Polls, make(nodes, maxPolls, options))

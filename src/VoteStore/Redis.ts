@@ -91,8 +91,8 @@ export const make = Effect.fn("VoteStore.redis.make")(function* (options: RedisO
   const client = withScripts(yield* RedisClient.acquire(options))
   // One-vote-per-voter votes go to Redis one by one, whatever the stage: concurrent ones share a round trip.
   const pipelined = withScripts(yield* RedisClient.acquire(options, { autoPipelining: true }))
-  const clock = yield* RedisClient.serverClock(client)
-  const call = RedisClient.caller(options.name)
+  const clock = yield* RedisClient.serverClock(client, RedisClient.commandTimeoutOf(options))
+  const call = RedisClient.caller(options)
   const tooLate = new StoreUnavailable({ node: options.name, reason: "the vote reached the node after its deadline" })
 
   const store: VoteStoreShape = {

@@ -20,7 +20,15 @@ export interface WriteBehindOptions {
   readonly instanceId?: string
   /** Polls per batch; a larger pending set goes out as several batches, one after the other. */
   readonly maxPollsPerBatch?: number
+  /**
+   * Retries of a failed batch within one flush round (`FLUSH_RETRIES`): the first 100 ms after the failure, each wait
+   * twice the last. After the last one the round stops, and the batch waits for the next round.
+   */
+  readonly flushRetries?: number
 }
+
+/** The default of `FLUSH_RETRIES`. */
+export const FLUSH_RETRIES = 2
 
 type Counter = Map<PollId, Map<OptionId, number>>
 
@@ -68,7 +76,8 @@ const survive = (what: string) => (effect: Effect.Effect<unknown>) =>
       : Effect.logWarning(`${what} failed, will try again: ${describe(Cause.squash(cause))}`)
   )
 
-const retryPolicy = Schedule.exponential(Duration.millis(100)).pipe(Schedule.intersect(Schedule.recurs(2)))
+const retryPolicy = (retries: number) =>
+  Schedule.exponential(Duration.millis(100)).pipe(Schedule.intersect(Schedule.recurs(retries)))
 
 const countOf = (increments: Increments) => {
   let votes = 0
@@ -88,6 +97,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
   const maxEntries = options.maxEntries ?? 200_000
   const maxPollsPerBatch = options.maxPollsPerBatch ?? MAX_POLLS_PER_BATCH
   const instanceId = options.instanceId ?? crypto.randomUUID()
+  const retries = retryPolicy(options.flushRetries ?? FLUSH_RETRIES)
   const partitions = new Map<string, Partition>()
   let sequence = 0
   let bufferedEntries = 0
@@ -185,7 +195,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
       Effect.zipRight(
         inner.applyBatch(batch).pipe(
           Effect.tapError((e) => Effect.logWarning(`flush of batch ${batch.id} to ${partition.name}: ${e.message}`)),
-          Effect.retry(retryPolicy)
+          Effect.retry(retries)
         )
       ),
       Effect.exit
@@ -396,7 +406,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     })
 
   const store: VoteStoreShape = {
-    // The hot path: plain synchronous steps, no generator and no span (each cost a measurable share per vote).
+    // The hot path: plain synchronous steps, no generator and no span (see the README's "Performance").
     vote: (pollId: PollId, optionId: OptionId) =>
       Effect.suspend((): Effect.Effect<void, VoteError> => {
         const partition = partitionFor(pollId)

@@ -193,6 +193,59 @@ describe("WriteBehind", () => {
     })
   )
 
+  it.scoped("retries a failed batch flushRetries times within one round, 100 ms after the failure and doubling", () =>
+    Effect.gen(function* () {
+      const inner = yield* makeInner()
+      const { journal, rounds } = makeRoundCounter()
+      const store = yield* inner.buffered({ flushInterval: FLUSH, flushRetries: 4 }, journal)
+      const startRounds = rounds.count
+      inner.state.down.add("only")
+      yield* voteMany(store, "p", { A: 1 })
+
+      // The round starts at 1 s; its retries follow 100, 200, 400 and 800 ms apart: the last at 2.5 s.
+      yield* TestClock.adjust(FLUSH)
+      expect(inner.state.attempts).toHaveLength(1)
+      yield* TestClock.adjust(Duration.millis(1499))
+      expect(inner.state.attempts).toHaveLength(4)
+      yield* TestClock.adjust(Duration.millis(1))
+      expect(inner.state.attempts).toHaveLength(5)
+      expect(rounds.count - startRounds).toBe(1)
+      expect(new Set(inner.state.attempts.map((a) => a.id)).size).toBe(1)
+
+      // Nothing more until the next round, one interval after this one ended.
+      yield* TestClock.adjust(Duration.subtract(FLUSH, Duration.millis(1)))
+      expect(inner.state.attempts).toHaveLength(5)
+      yield* TestClock.adjust(Duration.millis(1))
+      expect(inner.state.attempts).toHaveLength(6)
+
+      // Back within the round: its first retry goes through.
+      inner.state.down.clear()
+      yield* TestClock.adjust(Duration.millis(100))
+      expect(inner.state.attempts).toHaveLength(7)
+      expect(yield* inner.stored("p")).toEqual({ A: 1 })
+    })
+  )
+
+  it.scoped("with no flush retries, a failed batch waits for the next round", () =>
+    Effect.gen(function* () {
+      const inner = yield* makeInner()
+      const store = yield* inner.buffered({ flushInterval: FLUSH, flushRetries: 0 })
+      inner.state.down.add("only")
+      yield* voteMany(store, "p", { A: 1 })
+
+      yield* TestClock.adjust(FLUSH)
+      expect(inner.state.attempts).toHaveLength(1)
+      yield* TestClock.adjust(Duration.subtract(FLUSH, Duration.millis(1)))
+      expect(inner.state.attempts).toHaveLength(1)
+      yield* TestClock.adjust(Duration.millis(1))
+      expect(inner.state.attempts).toHaveLength(2)
+
+      inner.state.down.clear()
+      yield* TestClock.adjust(FLUSH)
+      expect(yield* inner.stored("p")).toEqual({ A: 1 })
+    })
+  )
+
   it.scoped("does not count twice a batch that was applied but reported as failed, when it is sent again", () =>
     Effect.gen(function* () {
       const inner = yield* makeInner()
