@@ -16,12 +16,17 @@ export type Workload = (typeof WORKLOADS)[number]
 /** The stages whose memory the `spread1m` workload watches: those with a write-behind buffer. */
 export const RSS_STAGES: ReadonlyArray<Stage> = ["batched", "full"]
 
+/** The stages bench/peers/fastify.ts has: the assignment's five (`full` is this app's own composition). */
+export const PEER_STAGES: ReadonlyArray<Stage> = ["memory", "redis", "cached", "batched", "sharded"]
+
 export interface Options {
-  /** Seconds of measured load per stage and workload. */
+  /** Seconds of measured load per stage and workload (whole seconds: wrk's -d). */
   readonly duration: number
   /** Seconds of unmeasured load before each measurement, so the JIT and connection pools are warm. */
   readonly warmup: number
   readonly connections: number
+  /** wrk threads, 1 or 2; undefined: 2 where the harness has two CPUs or more and the connections split evenly. */
+  readonly threads: number | undefined
   /** Runs of each stage per workload (the bare server runs once more); each row is its server's median run. */
   readonly repeat: number
   readonly stages: ReadonlyArray<Stage>
@@ -38,6 +43,8 @@ export interface Options {
   readonly pin: boolean
   /** Also measure the bare server with an Effect fiber per request (bench/bare.ts, BARE_FIBER). */
   readonly fiberBaseline: boolean
+  /** After each stage of the app, its peer (bench/peers/fastify.ts) in the same round, where it has one. */
+  readonly peers: boolean
   /** Directory for latest.json and latest.svg. */
   readonly out: string
 }
@@ -46,6 +53,7 @@ export const defaults: Options = {
   duration: 10,
   warmup: 1,
   connections: 50,
+  threads: undefined,
   repeat: 1,
   stages: STAGES,
   workloads: ["hot", "spread", "read", "voters"],
@@ -55,16 +63,19 @@ export const defaults: Options = {
   monitor: true,
   pin: true,
   fiberBaseline: true,
+  peers: true,
   out: "bench/out"
 }
 
-export const usage = `Usage: npm run bench -- [options]   (needs dist/: npm run build)
+export const usage = `Usage: npm run bench -- [options]   (needs dist/: npm run build, and wrk)
 
-  --duration SECONDS     measured load per stage and workload (default ${defaults.duration})
-  --warmup SECONDS       unmeasured load before each measurement (default ${defaults.warmup})
+  --duration SECONDS     measured load per stage and workload, whole seconds (default ${defaults.duration})
+  --warmup SECONDS       unmeasured load before each measurement, whole seconds (default ${defaults.warmup})
   --connections N        concurrent HTTP connections (default ${defaults.connections})
-  --repeat N             runs of each stage per workload, in rounds (bare, then each stage), plus one more run of
-                         the bare server at the end; each row is its median run (default ${defaults.repeat})
+  --threads N            wrk threads, 1 or 2 (default 2 where the harness has two CPUs or more, else 1);
+                         the connections must split evenly between them
+  --repeat N             runs of each stage per workload, in rounds (bare, then each stage and its peer), plus
+                         one more run of the bare server at the end; each row is its median run (default ${defaults.repeat})
   --stages a,b,c         of ${STAGES.join(",")} (default all)
   --workloads a,b        of ${WORKLOADS.join(",")} (default ${defaults.workloads.join(",")})
                          spread1m runs on the ${RSS_STAGES.join(" and ")} stages only
@@ -77,6 +88,7 @@ export const usage = `Usage: npm run bench -- [options]   (needs dist/: npm run 
                          test on a core of its own and the load generator and Redis on the others
   --no-fiber-baseline    skip the bare server that runs each request in an Effect fiber (what a fiber per request
                          costs, with nothing else of the app)
+  --no-peers             skip the Fastify + ioredis peer of each stage (${PEER_STAGES.join(", ")})
   --out DIR              where latest.json and latest.svg go (default ${defaults.out}, not committed;
                          bench/results holds the committed results)
 `
@@ -118,13 +130,17 @@ export const parse = (argv: ReadonlyArray<string>): Options | undefined => {
       case "-h":
         return undefined
       case "--duration":
-        options.duration = number(flag, value(), 0.5, false)
+        options.duration = number(flag, value(), 1, true)
         break
       case "--warmup":
-        options.warmup = number(flag, value(), 0, false)
+        options.warmup = number(flag, value(), 0, true)
         break
       case "--connections":
         options.connections = number(flag, value(), 1, true)
+        break
+      case "--threads":
+        options.threads = number(flag, value(), 1, true)
+        if (options.threads > 2) throw new Error(`--threads is 1 or 2, got ${options.threads}`)
         break
       case "--repeat":
         options.repeat = number(flag, value(), 1, true)
@@ -139,7 +155,7 @@ export const parse = (argv: ReadonlyArray<string>): Options | undefined => {
         options.rssVotes = number(flag, value(), 1, true)
         break
       case "--rss-max-seconds":
-        options.rssMaxSeconds = number(flag, value(), 1, false)
+        options.rssMaxSeconds = number(flag, value(), 1, true)
         break
       case "--fsync": {
         const mode = value()
@@ -156,6 +172,9 @@ export const parse = (argv: ReadonlyArray<string>): Options | undefined => {
       case "--no-fiber-baseline":
         options.fiberBaseline = false
         break
+      case "--no-peers":
+        options.peers = false
+        break
       case "--out":
         options.out = value() ?? ""
         if (options.out === "") throw new Error("--out needs a directory")
@@ -163,6 +182,9 @@ export const parse = (argv: ReadonlyArray<string>): Options | undefined => {
       default:
         throw new Error(`unknown option ${arg}`)
     }
+  }
+  if (options.threads !== undefined && options.connections % options.threads !== 0) {
+    throw new Error(`--connections (${options.connections}) must split evenly between --threads (${options.threads})`)
   }
   return options
 }

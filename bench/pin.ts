@@ -1,9 +1,9 @@
 /**
- * Cores for each side of a measurement. The load generator (in the harness) and the server under test would
- * otherwise share the machine's cores as the kernel sees fit, and on a small machine one run's luck decides whether
- * they fight over one core: the bare server measured 23k-40k req/s run to run that way. Pinned, the server under test
- * has a core of its own, always the same one, and the harness (autocannon, the direct ioredis baselines and the
- * redis-server processes it starts) has the rest.
+ * Cores for each side of a measurement. The load generator and the server under test would otherwise share the
+ * machine's cores as the kernel sees fit, and on a small machine one run's luck decides whether they fight over one
+ * core: the bare server measured 23k-40k req/s run to run that way. Pinned, the server under test has a core of its
+ * own, always the same one, and the harness (the direct ioredis baselines, and the wrk and redis-server processes it
+ * starts, which inherit its CPUs) has the rest.
  */
 import { execFileSync } from "node:child_process"
 import { readFileSync } from "node:fs"

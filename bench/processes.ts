@@ -5,6 +5,7 @@ import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import { createInterface } from "node:readline"
 import { fileURLToPath } from "node:url"
+import { buildSync } from "esbuild"
 import { Redis } from "ioredis"
 import { freePort } from "../test/support/redis.js"
 import * as Config from "../src/Config.js"
@@ -57,23 +58,42 @@ const signalGroup = (pid: number, signal: NodeJS.Signals) => {
   }
 }
 
-interface Child {
+export interface Child {
   readonly pid: number
+  /** The last lines of its output, stdout and stderr together. */
   readonly lines: Array<string>
   readonly exited: () => boolean
+  /** Resolves with the exit code (null when killed by a signal) once its output has all been read. */
+  readonly exit: Promise<number | null>
+  /** Sends `signal` to the process group. */
+  readonly signal: (signal: NodeJS.Signals) => void
   /** SIGTERM to the process group, SIGKILL after `timeoutMs`; resolves with the exit code (null when killed). */
   readonly stop: (timeoutMs?: number) => Promise<number | null>
 }
 
-/** A child in a process group of its own, so a stop reaches anything it starts in turn. */
-const launch = (command: string, args: ReadonlyArray<string>, env: NodeJS.ProcessEnv): Promise<Child> =>
+/**
+ * A child in a process group of its own, so a stop reaches anything it starts in turn. `onLine` sees each line of its
+ * output as it comes.
+ */
+export const launch = (
+  command: string,
+  args: ReadonlyArray<string>,
+  env: NodeJS.ProcessEnv,
+  onLine?: (line: string, stream: "stdout" | "stderr") => void
+): Promise<Child> =>
   new Promise((resolvePromise, reject) => {
     const child = spawn(command, args, { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"], detached: true })
+    // "close" comes after the last of its output has been read, "exit" may come before.
+    const closed = new Promise<number | null>((resolve) => child.once("close", (code) => resolve(code)))
     const lines: Array<string> = []
-    for (const stream of [child.stdout, child.stderr]) {
+    for (const [stream, name] of [
+      [child.stdout, "stdout"],
+      [child.stderr, "stderr"]
+    ] as const) {
       createInterface({ input: stream }).on("line", (line) => {
         lines.push(line)
         if (lines.length > 2000) lines.splice(0, 1000)
+        onLine?.(line, name)
       })
     }
     child.once("error", (error: NodeJS.ErrnoException) =>
@@ -96,7 +116,8 @@ const launch = (command: string, args: ReadonlyArray<string>, env: NodeJS.Proces
         await exit
         return null
       }
-      resolvePromise({ pid, lines, exited: () => hasExited, stop })
+      const signal = (to: NodeJS.Signals) => void (hasExited || signalGroup(pid, to))
+      resolvePromise({ pid, lines, exited: () => hasExited, exit: closed, signal, stop })
     })
   })
 
@@ -242,11 +263,20 @@ const startServer = async (
   }
 }
 
-let appEntry: string | undefined
+let snapshot: string | undefined
+
+/** The bench's own servers, in bench/, compiled for each run (no TypeScript loader in a measured process). */
+const BENCH_SERVERS = ["bare.ts", "peers/fastify.ts"]
+
+const compiled = (source: string) => {
+  if (snapshot === undefined) throw new Error("snapshotBuild() compiles the bench's servers; it has not run")
+  return join(snapshot, "bench", source.replace(/\.ts$/, ".mjs"))
+}
 
 /**
  * Copies dist/ aside and runs the app from the copy, so a rebuild during the run cannot change (or break) what is
- * measured. The copy sits under node_modules/.cache, where the app's imports still resolve.
+ * measured; compiles the bench's own servers (bare, peers) beside it with esbuild, so none of them runs through a
+ * TypeScript loader. The copy sits under node_modules/.cache, where the imports of all of them still resolve.
  */
 export const snapshotBuild = (): string => {
   if (!existsSync(APP_ENTRY) || !existsSync(join(ROOT, "dist", "Page", "script.js"))) {
@@ -258,28 +288,49 @@ export const snapshotBuild = (): string => {
   cpSync(join(ROOT, "dist"), join(dir, "dist"), { recursive: true })
   onStop(async () => rmSync(dir, { recursive: true, force: true }))
   process.once("exit", () => rmSync(dir, { recursive: true, force: true }))
-  appEntry = join(dir, "dist", "main.js")
-  return appEntry
+  snapshot = dir
+  buildSync({
+    entryPoints: BENCH_SERVERS.map((s) => join(ROOT, "bench", s)),
+    outbase: join(ROOT, "bench"),
+    outdir: join(dir, "bench"),
+    outExtension: { ".js": ".mjs" },
+    bundle: true,
+    packages: "external",
+    platform: "node",
+    format: "esm",
+    target: "node20",
+    logLevel: "error"
+  })
+  return join(dir, "dist", "main.js")
+}
+
+const envOf = (stage: string, nodes: ReadonlyArray<RedisNode>) => {
+  const env: Record<string, string> = { POLL_STAGE: stage }
+  if (nodes.length > 0) {
+    env.REDIS_URL = nodes[0]!.url
+    env.REDIS_NODES = nodes.map((n) => n.url).join(",")
+  }
+  return env
 }
 
 /**
  * `node dist/main.js` for one stage, with the default cache TTL and flush interval. Ready once `GET /` answers and,
  * with Redis behind it, `GET /health` too (the listener opens before the first Redis connection is made).
  */
-export const startApp = (stage: string, nodes: ReadonlyArray<RedisNode>): Promise<Server> => {
-  const env: Record<string, string> = { POLL_STAGE: stage }
-  if (nodes.length > 0) {
-    env.REDIS_URL = nodes[0]!.url
-    env.REDIS_NODES = nodes.map((n) => n.url).join(",")
-  }
-  return startServer(
+export const startApp = (stage: string, nodes: ReadonlyArray<RedisNode>): Promise<Server> =>
+  startServer(
     `the app (${stage})`,
     process.execPath,
-    [appEntry ?? APP_ENTRY],
-    env,
+    [snapshot === undefined ? APP_ENTRY : join(snapshot, "dist", "main.js")],
+    envOf(stage, nodes),
     nodes.length > 0 ? ["/", "/health"] : ["/"]
   )
-}
+
+/** The peer of a stage (bench/peers/fastify.ts), configured as the app is; it is up once listening. */
+export const startPeer = (stage: string, nodes: ReadonlyArray<RedisNode>): Promise<Server> =>
+  startServer(`the Fastify peer (${stage})`, process.execPath, [compiled("peers/fastify.ts")], envOf(stage, nodes), [
+    "/"
+  ])
 
 /**
  * The ceiling: a bare node:http server doing the same counting in memory; with `fiber`, the same server running each
@@ -289,7 +340,7 @@ export const startBare = (fiber = false): Promise<Server> =>
   startServer(
     fiber ? "the bare node:http server with a fiber per request" : "the bare node:http server",
     process.execPath,
-    ["--import", "tsx", join(ROOT, "bench", "bare.ts")],
+    [compiled("bare.ts")],
     fiber ? { BARE_FIBER: "1" } : {},
     ["/"]
   )

@@ -1,11 +1,16 @@
 import type { CommandUse } from "./commandstats.js"
 import type { Latency } from "./load.js"
 
-/** One measured line: a stage of the app, the bare node:http ceiling, or direct ioredis. */
+/** One measured line: a stage of the app, its Fastify peer, the bare node:http ceiling, or direct ioredis. */
 export interface Row {
-  readonly kind: "stage" | "bare" | "direct"
-  /** The stage name, `bare node:http`, or `ioredis HINCRBY` / `ioredis HINCRBY pipelined` (HGETALL for reads). */
+  readonly kind: "stage" | "peer" | "bare" | "direct"
+  /**
+   * The stage name, `fastify <stage>` for a peer, `bare node:http`, or `ioredis HINCRBY` / `ioredis HINCRBY
+   * pipelined` (HGETALL for reads).
+   */
   readonly name: string
+  /** The stage a row of the app or of a peer runs; null for the baselines. */
+  readonly stage: string | null
   readonly workload: string
   readonly connections: number
   readonly seconds: number
@@ -15,10 +20,18 @@ export interface Row {
   readonly rps: number
   /** `rps` divided by the bare node:http server's for the same workload in this run. */
   readonly ratio: number | null
+  /** A stage of the app: `rps` divided by its peer's (same stage, workload and run); null elsewhere. */
+  readonly peerRatio: number | null
+  /** Microseconds of the server's CPU time per 2xx answer: cpuCores × 10⁶ / rps. */
+  readonly cpuUsPerRequest: number | null
+  /** A stage of the app: cpuUsPerRequest divided by its peer's; null elsewhere. */
+  readonly peerCpuRatio: number | null
   /** Requests per second of each run of this server, in the order they ran; the row is the median run. */
   readonly runs?: ReadonlyArray<number>
   readonly latencyMs: Latency | null
   readonly non2xx: number
+  /** The non-2xx answers by status. */
+  readonly non2xxByStatus: Readonly<Record<string, number>>
   readonly errors: number
   /** Redis commands per 1,000 requests, all nodes summed; null where no Redis is involved. */
   readonly redis: CommandUse | null
@@ -26,6 +39,8 @@ export interface Row {
   readonly peakRssMb: number | null
   /** CPU time the server process used during the measurement, per second of it (1.0 = one core busy). */
   readonly cpuCores: number | null
+  /** CPU time the load generator (wrk) used, per second of the measurement; null for direct ioredis. */
+  readonly loadCores: number | null
   /**
    * Cores kept busy during the measurement by processes other than the harness and those it started: on a shared
    * machine, how much someone else's work took away (near 0 on a quiet machine).
@@ -86,6 +101,9 @@ export const formatRows = (rows: ReadonlyArray<Row>): string =>
       "run",
       "req/s",
       "× bare",
+      "× peer",
+      "CPU µs/req",
+      "µs × peer",
       "p50 ms",
       "p99 ms",
       "max ms",
@@ -95,6 +113,7 @@ export const formatRows = (rows: ReadonlyArray<Row>): string =>
       "incl. Lua",
       "peak RSS MB",
       "CPU cores",
+      "load CPU",
       "other CPU"
     ],
     rows.map((r) => [
@@ -102,6 +121,9 @@ export const formatRows = (rows: ReadonlyArray<Row>): string =>
       r.name,
       thousands(r.rps),
       fixed(r.ratio, 2),
+      fixed(r.peerRatio, 2),
+      fixed(r.cpuUsPerRequest, 1),
+      fixed(r.peerCpuRatio, 2),
       fixed(r.latencyMs?.p50, 2),
       fixed(r.latencyMs?.p99, 2),
       fixed(r.latencyMs?.max, 1),
@@ -111,9 +133,54 @@ export const formatRows = (rows: ReadonlyArray<Row>): string =>
       fixed(r.redis?.allPerThousand, 1),
       fixed(r.peakRssMb, 0),
       fixed(r.cpuCores, 2),
+      fixed(r.loadCores, 2),
       fixed(r.otherCores, 2)
     ])
   )
+
+/** Microseconds of CPU per answer, from the cores a server kept busy at `rps` answers per second. */
+export const microsPerRequest = (cpuCores: number | null, rps: number): number | null =>
+  cpuCores === null || !(rps > 0) ? null : (cpuCores * 1e6) / rps
+
+/** `value` as a multiple of `base`; null where either is missing or the base is not positive. */
+export const ratioTo = (value: number | null | undefined, base: number | null | undefined): number | null =>
+  value === null || value === undefined || base === null || base === undefined || !(base > 0) ? null : value / base
+
+type Measured = Omit<Row, "ratio" | "peerRatio" | "cpuUsPerRequest" | "peerCpuRatio">
+
+/**
+ * The rows of one workload with their figures relative to others of the same run: every row to `bare`, and each
+ * stage of the app to its peer (the row of kind `peer` with the same stage), by answers per second and by CPU per
+ * answer.
+ */
+export const relate = (bare: Measured, rows: ReadonlyArray<Measured>): Array<Row> => {
+  const micros = (r: Measured) => microsPerRequest(r.cpuCores, r.rps)
+  return rows.map((r) => {
+    const peer = r.kind === "stage" ? rows.find((p) => p.kind === "peer" && p.stage === r.stage) : undefined
+    return {
+      ...r,
+      ratio: ratioTo(r.rps, bare.rps),
+      peerRatio: peer === undefined ? null : ratioTo(r.rps, peer.rps),
+      cpuUsPerRequest: micros(r),
+      peerCpuRatio: peer === undefined ? null : ratioTo(micros(r), micros(peer))
+    }
+  })
+}
+
+/**
+ * Whether the bare server filled its core: if it did not, something other than the server (the load generator, or
+ * other work on the machine) set its rate, and every ratio to it is flattered. wrk's CPU per request says how far one
+ * of its cores would carry the load.
+ */
+export const bareCheck = (rows: ReadonlyArray<Row>, full = 0.9): Array<string> =>
+  rows
+    .filter((r) => r.kind === "bare" && r.name === "bare node:http" && r.cpuCores !== null)
+    .map((r) => {
+      const wrk = `wrk used ${fixed(r.loadCores, 2)} cores, ${fixed(microsPerRequest(r.loadCores, r.rps), 1)} µs per request`
+      return r.cpuCores! >= full
+        ? `${r.workload}: bare node:http kept ${fixed(r.cpuCores, 2)} of its core busy at ${thousands(r.rps)} req/s (${wrk}): the server, not the load generator, is the limit`
+        : `${r.workload}: bare node:http kept only ${fixed(r.cpuCores, 2)} of its core busy (${wrk}; other work ${fixed(r.otherCores, 2)} cores): something other than the server set its rate, and the ratios to it are flattered`
+    })
 
 export const formatRss = (checks: ReadonlyArray<RssCheck>): string =>
   table(

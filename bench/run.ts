@@ -12,18 +12,20 @@ import * as Direct from "./direct.js"
 import * as Load from "./load.js"
 import * as Monitor from "./monitor.js"
 import * as Pin from "./pin.js"
-import {
-  type Options,
-  parse,
-  RSS_STAGES,
-  type Stage,
-  type ThroughputWorkload,
-  usage,
-  type Workload
-} from "./options.js"
+import { type Options, parse, PEER_STAGES, RSS_STAGES, type Stage, type ThroughputWorkload, usage } from "./options.js"
 import * as Proc from "./proc.js"
 import * as Processes from "./processes.js"
-import { formatRows, formatRss, formatTargets, medianRun, type Row, type RssCheck, targets } from "./report.js"
+import {
+  bareCheck,
+  formatRows,
+  formatRss,
+  formatTargets,
+  medianRun,
+  relate,
+  type Row,
+  type RssCheck,
+  targets
+} from "./report.js"
 
 const log = (message: string) => process.stderr.write(`${message}\n`)
 const lastLines = (output: string) => output.split("\n").slice(-30).join("\n")
@@ -36,6 +38,8 @@ const SAMPLE_MS = 250
 
 let interrupted = false
 const machineCores = availableParallelism()
+
+type Measured = Omit<Row, "ratio" | "peerRatio" | "cpuUsPerRequest" | "peerCpuRatio">
 
 interface Nodes {
   readonly first: Processes.RedisNode | undefined
@@ -75,27 +79,38 @@ const seed = async (url: string) => {
 /** Defines the `voters` workload's poll (one vote per voter) on a stage of the app. */
 const define = (url: string) => post(`${url}/api/v1/polls`, Load.votersPoll, 201, "defining the voters poll")
 
-/** One server (a stage of the app, or the bare server) under one workload: started fresh, measured, stopped. */
+/** wrk threads: as asked, or 2 where the harness has two CPUs or more and the connections split evenly. */
+const loadThreads = (options: Options, pinning: Pin.Pinning | undefined) => {
+  if (options.threads !== undefined) return options.threads
+  const cpus = pinning === undefined ? machineCores : pinning.harness.split(",").length
+  return cpus >= 2 && options.connections % 2 === 0 ? 2 : 1
+}
+let threads = 1
+
+/**
+ * One server (a stage of the app, its peer, or the bare server) under one workload: started fresh, measured,
+ * stopped.
+ */
 const measure = async (
   options: Options,
-  kind: "stage" | "bare",
+  kind: "stage" | "peer" | "bare",
   name: string,
-  workload: Workload,
+  stage: Stage | null,
+  workload: ThroughputWorkload,
   server: Processes.Server,
   redisNodes: ReadonlyArray<Processes.RedisNode>
-): Promise<Omit<Row, "ratio">> => {
-  const reqs = Load.requests(workload, Load.SPREAD_POLLS)
-  const drive = { connections: options.connections }
+): Promise<Measured> => {
+  const drive = { connections: options.connections, threads }
   if (workload === "read") await seed(server.url)
-  // The bare server has no poll definitions: it refuses a voter's second vote on any poll.
+  // The bare server and the peers have no poll definitions: they refuse a voter's second vote on any poll.
   if (workload === "voters" && kind === "stage") await define(server.url)
-  if (options.warmup > 0) await Load.drive(server.url, reqs, { ...drive, seconds: options.warmup })
+  if (options.warmup > 0) await Load.drive(server.url, workload, { ...drive, seconds: options.warmup })
   const admins = redisNodes.map((n) => n.admin)
   const monitors = await watchAll(options, redisNodes)
   const before = admins.length > 0 ? await Commandstats.readAll(admins) : undefined
   const watcher = Proc.watch(server.pid, SAMPLE_MS)
   const other = Proc.otherLoad()
-  const load = await Load.drive(server.url, reqs, { ...drive, seconds: options.duration })
+  const load = await Load.drive(server.url, workload, { ...drive, seconds: options.duration })
   const otherCores = other()
   const samples = watcher.stop()
   const exitCode = await server.stop()
@@ -109,6 +124,7 @@ const measure = async (
   return {
     kind,
     name,
+    stage,
     workload,
     connections: options.connections,
     seconds: load.seconds,
@@ -116,34 +132,47 @@ const measure = async (
     rps: load.rps,
     latencyMs: load.latencyMs,
     non2xx: load.non2xx,
+    non2xxByStatus: load.non2xxByStatus,
     errors: load.errors,
     redis,
     peakRssMb: last?.peakRssMb ?? null,
     cpuCores: first && last && last.at > first.at ? (last.cpuSeconds - first.cpuSeconds) / load.seconds : null,
+    loadCores: load.loadCores,
     otherCores: otherCores ?? null,
     exitCode,
     ...(exitCode !== 0 ? { log: lastLines(server.output()) } : {})
   }
 }
 
-const runStage = async (options: Options, stage: Stage, workload: Workload, nodes: Nodes) => {
+const peerName = (stage: Stage) => `fastify ${stage}`
+
+/** A stage of the app, or with `peer` the same stage of the Fastify peer, under one workload. */
+const runStage = async (options: Options, stage: Stage, workload: ThroughputWorkload, nodes: Nodes, peer = false) => {
   await flushAll(nodes)
   const redisNodes = nodesOf(stage, nodes)
-  const app = await Processes.startApp(stage, redisNodes)
+  const server = await (peer ? Processes.startPeer : Processes.startApp)(stage, redisNodes)
   try {
-    return await measure(options, "stage", stage, workload, app, redisNodes)
+    return await measure(
+      options,
+      peer ? "peer" : "stage",
+      peer ? peerName(stage) : stage,
+      stage,
+      workload,
+      server,
+      redisNodes
+    )
   } finally {
-    await app.stop()
+    await server.stop()
   }
 }
 
 const BARE = "bare node:http"
 const BARE_FIBER = "bare + Effect fiber"
 
-const runBare = async (options: Options, workload: Workload, fiber = false) => {
+const runBare = async (options: Options, workload: ThroughputWorkload, fiber = false) => {
   const bare = await Processes.startBare(fiber)
   try {
-    return await measure(options, "bare", fiber ? BARE_FIBER : BARE, workload, bare, [])
+    return await measure(options, "bare", fiber ? BARE_FIBER : BARE, null, workload, bare, [])
   } finally {
     await bare.stop()
   }
@@ -154,7 +183,7 @@ const runDirect = async (
   workload: ThroughputWorkload,
   mode: "unpipelined" | "pipelined",
   node: Processes.RedisNode
-): Promise<Omit<Row, "ratio">> => {
+): Promise<Measured> => {
   const before = await Commandstats.read(node.admin)
   const other = Proc.otherLoad()
   const result = await Direct.run(node.url, workload, mode, {
@@ -169,6 +198,7 @@ const runDirect = async (
   return {
     kind: "direct",
     name: `ioredis ${result.command}${mode === "pipelined" ? ` pipelined ×${Direct.PIPELINE_SIZE}` : ""}`,
+    stage: null,
     workload,
     connections: mode === "pipelined" ? 1 : options.connections,
     seconds: result.seconds,
@@ -176,10 +206,12 @@ const runDirect = async (
     rps: result.opsPerSecond,
     latencyMs: null,
     non2xx: 0,
+    non2xxByStatus: {},
     errors: result.errors,
     redis,
     peakRssMb: null,
     cpuCores: null,
+    loadCores: null,
     otherCores: otherCores ?? null,
     exitCode: null
   }
@@ -194,10 +226,11 @@ const runRss = async (options: Options, stage: Stage, nodes: Nodes): Promise<Rss
     const admins = redisNodes.map((n) => n.admin)
     const monitors = await watchAll(options, redisNodes)
     const before = await Commandstats.readAll(admins)
-    const running = Load.start(app.url, Load.requests("spread1m", options.rssVotes), {
+    const running = Load.start(app.url, "spread1m", {
       connections: options.connections,
+      threads,
       seconds: options.rssMaxSeconds,
-      amount: options.rssVotes
+      distinctPolls: options.rssVotes
     })
     const watcher = Proc.watch(app.pid, 500, running.completed)
     const other = Proc.otherLoad()
@@ -270,12 +303,15 @@ const machine = (redisVersion: string | undefined, pinning: Pin.Pinning | undefi
 })
 
 const pinned = (pinning: Pin.Pinning | undefined) =>
-  pinning === undefined ? " (not pinned)" : ` (server on CPU ${pinning.server}, load and Redis on ${pinning.harness})`
+  pinning === undefined ? " (not pinned)" : ` (server on CPU ${pinning.server}, wrk and Redis on ${pinning.harness})`
+
+/** The stages whose peer runs beside them. */
+const peered = (options: Options) => (options.peers ? options.stages.filter((s) => PEER_STAGES.includes(s)) : [])
 
 /** An upper bound on the whole run; past it the harness stops everything and fails. */
 const timeBudgetMs = (options: Options, throughputWorkloads: number, rssStages: number) => {
   const perServer = options.warmup + options.duration + 20
-  const perRound = 1 + (options.fiberBaseline ? 1 : 0) + options.stages.length
+  const perRound = 1 + (options.fiberBaseline ? 1 : 0) + options.stages.length + peered(options).length
   const servers = throughputWorkloads * (1 + options.repeat * perRound)
   const direct = throughputWorkloads * 2 * (options.duration + 5)
   const rss = rssStages * (options.rssMaxSeconds + 30)
@@ -293,6 +329,12 @@ const main = async (argv: ReadonlyArray<string>) => {
   if (options === undefined) {
     process.stdout.write(usage)
     return 0
+  }
+  try {
+    Load.requireWrk()
+  } catch (error) {
+    log((error as Error).message)
+    return 1
   }
   Processes.snapshotBuild()
   // Before anything starts, so a bad --out fails at once.
@@ -316,6 +358,7 @@ const main = async (argv: ReadonlyArray<string>) => {
   const pinning = options.pin ? Pin.apply() : undefined
   Processes.pinServers(pinning)
   if (options.pin && pinning === undefined) log("not pinned to cores (needs taskset and two CPUs): expect more noise")
+  threads = loadThreads(options, pinning)
 
   const needSecond = [...options.stages, ...rssStages].some((s) => SHARDED.includes(s))
   const needFirst = throughput.length > 0 || [...options.stages, ...rssStages].some((s) => s !== "memory")
@@ -324,13 +367,15 @@ const main = async (argv: ReadonlyArray<string>) => {
   const nodes: Nodes = { first, second }
 
   const rows: Array<Row> = []
+  const peers = peered(options)
   for (const workload of throughput) {
-    // Rounds of the bare server and every stage, then the bare server once more: each server's row is its median
-    // run, and the ceiling is never judged on one unlucky run of it (a shared machine's noise would flatter every
-    // ratio of the workload).
-    const bareRuns: Array<Omit<Row, "ratio">> = []
-    const fiberRuns: Array<Omit<Row, "ratio">> = []
-    const stageRuns = new Map<Stage, Array<Omit<Row, "ratio">>>(options.stages.map((s) => [s, []]))
+    // Rounds of the bare server and every stage (each followed by its peer), then the bare server once more: each
+    // server's row is its median run, and the ceiling is never judged on one unlucky run of it (a shared machine's
+    // noise would flatter every ratio of the workload).
+    const bareRuns: Array<Measured> = []
+    const fiberRuns: Array<Measured> = []
+    const stageRuns = new Map<Stage, Array<Measured>>(options.stages.map((s) => [s, []]))
+    const peerRuns = new Map<Stage, Array<Measured>>(peers.map((s) => [s, []]))
     const round = (n: number) => (options.repeat > 1 ? ` (round ${n} of ${options.repeat})` : "")
     for (let n = 1; n <= options.repeat && !interrupted; n++) {
       log(`workload ${workload}: ${BARE}${round(n)}`)
@@ -343,30 +388,31 @@ const main = async (argv: ReadonlyArray<string>) => {
         if (interrupted) break
         log(`workload ${workload}: stage ${stage}${round(n)}`)
         stageRuns.get(stage)!.push(await runStage(options, stage, workload, nodes))
+        if (!peerRuns.has(stage) || interrupted) continue
+        log(`workload ${workload}: ${peerName(stage)}${round(n)}`)
+        peerRuns.get(stage)!.push(await runStage(options, stage, workload, nodes, true))
       }
     }
     if (interrupted) break
     log(`workload ${workload}: ${BARE}, again`)
     bareRuns.push(await runBare(options, workload))
-    const bare = medianRun(bareRuns)
-    const ratio = (rps: number) => (bare.rps > 0 ? rps / bare.rps : null)
-    rows.push({ ...bare, ratio: 1, runs: bareRuns.map((r) => r.rps) })
-    if (fiberRuns.length > 0) {
-      const row = medianRun(fiberRuns)
-      rows.push({ ...row, ratio: ratio(row.rps), runs: fiberRuns.map((r) => r.rps) })
-    }
-    for (const runs of stageRuns.values()) {
-      const row = medianRun(runs)
-      rows.push({ ...row, ratio: ratio(row.rps), runs: runs.map((r) => r.rps) })
+    const median = (runs: ReadonlyArray<Measured>) => ({ ...medianRun(runs), runs: runs.map((r) => r.rps) })
+    const bare = median(bareRuns)
+    const measured: Array<Measured> = [bare]
+    if (fiberRuns.length > 0) measured.push(median(fiberRuns))
+    for (const [stage, runs] of stageRuns) {
+      measured.push(median(runs))
+      const peer = peerRuns.get(stage)
+      if (peer !== undefined) measured.push(median(peer))
     }
     if (first !== undefined) {
       for (const mode of ["unpipelined", "pipelined"] as const) {
         if (interrupted) break
         log(`workload ${workload}: direct ioredis, ${mode}`)
-        const row = await runDirect(options, workload, mode, first)
-        rows.push({ ...row, ratio: ratio(row.rps) })
+        measured.push(await runDirect(options, workload, mode, first))
       }
     }
+    rows.push(...relate(bare, measured))
     if (interrupted) break
   }
   const rss: Array<RssCheck> = []
@@ -383,23 +429,32 @@ const main = async (argv: ReadonlyArray<string>) => {
     command: `npm run bench${argv.length > 0 ? ` -- ${argv.join(" ")}` : ""}`,
     commit: git("rev-parse", "--short", "HEAD") ?? null,
     machine: machine(first?.version ?? second?.version, pinning),
-    options,
+    options: { ...options, threads },
     definitions: {
       rps: "2xx answers per second over the measured window (direct ioredis: commands per second)",
       bareFiber:
         "the bare node:http server (bench/bare.ts) running each request's work in an Effect fiber of its own, forked on the default runtime once the body is read, as the app runs each request: what one fiber per request costs with nothing else of the app",
+      peer: "kind peer, named `fastify <stage>`: bench/peers/fastify.ts, the assignment's stage written the ordinary way with Fastify and ioredis (same routes and bodies; no option cap, no idempotent flush, no journal, no live feed, no poll definitions; a voter_id is checked with SADD, or a Set for memory), compiled with esbuild and run as its own process like the app; `full` has no peer",
       ratio:
-        "rps divided by the bare node:http server's rps for the same workload in this run. Each server runs `repeat` times in rounds (bare, the bare server with a fiber per request unless --no-fiber-baseline, then each stage), and the bare server once more at the end; each row is its server's median run by rps (of an even number, the better of the middle two), and runs lists every run's rps",
-      latencyMs: "of 2xx answers, from autocannon's per-response times, in milliseconds",
+        "rps divided by the bare node:http server's rps for the same workload in this run. Each server runs `repeat` times in rounds (bare, the bare server with a fiber per request unless --no-fiber-baseline, then each stage followed by its peer unless --no-peers), and the bare server once more at the end; each row is its server's median run by rps (of an even number, the better of the middle two), and runs lists every run's rps",
+      peerRatio: "rows of the app: rps divided by the rps of the peer of the same stage, same workload and run",
+      cpuUsPerRequest: "microseconds of the server's CPU time per 2xx answer: cpuCores × 1,000,000 / rps",
+      peerCpuRatio: "rows of the app: cpuUsPerRequest divided by the peer's of the same stage",
+      latencyMs:
+        "of every answer, from wrk's latency histogram (microsecond buckets) with the samples wrk adds for coordinated omission taken out again (bench/load.ts), so they are the response times measured; p99Corrected is wrk's own p99, those samples included",
+      non2xx: "answers with a status outside 200-299, from the wrk script's response(); non2xxByStatus by status",
+      errors: "wrk's socket errors (connect, read, write) and timeouts (10 s)",
       redis:
         "per 1,000 2xx answers, all Redis nodes of the stage summed, from the start of the measured window until the app has exited (its final flush included). perThousand and byCommand: the commands clients sent, a script call (EVALSHA) counting once, counted with MONITOR (whose lines tell a script's own commands apart); allPerThousand and allByCommand: every command Redis executed, those scripts ran inside included, from INFO commandstats; INFO, ECHO, MONITOR, QUIT, CLIENT, CONFIG, COMMAND, HELLO, SELECT and FLUSHALL are left out of both",
       peakRssMb: "VmHWM of the server process, which is started afresh for each row (warm-up included)",
       cpuCores: "CPU seconds the server process used during the measured window, per second",
+      loadCores:
+        "CPU seconds wrk used (every thread, from clock() in its script), per second of its run: near its thread count, wrk would be the limit",
       otherCores:
         "cores kept busy during the window by processes other than the harness and those it started (the machine's busy time in /proc/stat minus our process tree's): other work on a shared machine; near 0 when the machine was quiet",
-      redisServer: `redis-server with AOF on, appendfsync ${options.fsync}, on loopback; the load generator (autocannon) runs in the harness process on the same machine`,
+      redisServer: `redis-server with AOF on, appendfsync ${options.fsync}, on loopback; the load generator (wrk, ${threads} thread${threads === 1 ? "" : "s"}, keep-alive connections) runs on the same machine`,
       pinning:
-        "CPUs (taskset lists) of the harness, which holds the load generator and the direct ioredis baselines and starts redis-server, and of every server under test, each alone on its CPU; null: not pinned, the kernel placed everything"
+        "CPUs (taskset lists) of the harness, which runs the direct ioredis baselines and starts wrk and redis-server (they inherit its CPUs), and of every server under test, each alone on its CPU; null: not pinned, the kernel placed everything"
     },
     rows,
     rss,
@@ -416,10 +471,14 @@ const main = async (argv: ReadonlyArray<string>) => {
   const charted = bars.length > 0
   if (charted) {
     const svg = await Chart.render(bars, {
-      stages: [BARE, ...(options.fiberBaseline ? [BARE_FIBER] : []), ...options.stages],
+      stages: [
+        BARE,
+        ...(options.fiberBaseline ? [BARE_FIBER] : []),
+        ...options.stages.flatMap((s) => (peers.includes(s) ? [s, peerName(s)] : [s]))
+      ],
       workloads: throughput,
       subtitle: [
-        `${options.connections} connections, ${options.duration} s per bar; ${m.cores} cores${pinned(pinning)}, ${m.memoryGiB} GiB, ${m.cpu}; Node ${m.node}, Redis ${m.redis ?? "-"}; ${report.date.slice(0, 10)}`,
+        `wrk, ${options.connections} connections, ${options.duration} s per bar; ${m.cores} cores${pinned(pinning)}, ${m.memoryGiB} GiB, ${m.cpu}; Node ${m.node}, Redis ${m.redis ?? "-"}; ${report.date.slice(0, 10)}`,
         ...(busiest > BUSY
           ? [`other work on the machine took up to ${busiest.toFixed(2)} cores during a bar: skewed`]
           : [])
@@ -430,7 +489,7 @@ const main = async (argv: ReadonlyArray<string>) => {
 
   const print = (text: string) => process.stdout.write(`${text}\n`)
   print(
-    `\nlivepoll benchmark: ${options.connections} connections, ${throughput.length > 0 ? `${options.duration} s per row (+${options.warmup} s warm-up)` : `${options.rssVotes.toLocaleString("en-US")} votes on distinct polls per stage, at most ${options.rssMaxSeconds} s`}; ${m.cores} cores${pinned(pinning)}, ${m.memoryGiB} GiB, Node ${m.node}, Redis ${m.redis ?? "-"}\n`
+    `\nlivepoll benchmark: wrk (${threads} thread${threads === 1 ? "" : "s"}), ${options.connections} connections, ${throughput.length > 0 ? `${options.duration} s per row (+${options.warmup} s warm-up)` : `${options.rssVotes.toLocaleString("en-US")} votes on distinct polls per stage, at most ${options.rssMaxSeconds} s`}; ${m.cores} cores${pinned(pinning)}, ${m.memoryGiB} GiB, Node ${m.node}, Redis ${m.redis ?? "-"}\n`
   )
   if (busiest > BUSY) {
     print(
@@ -438,6 +497,7 @@ const main = async (argv: ReadonlyArray<string>) => {
     )
   }
   if (rows.length > 0) print(formatRows(rows))
+  if (rows.length > 0) print(`\n${bareCheck(rows).join("\n")}`)
   for (const r of rows.filter((r) => (r.runs?.length ?? 0) > 1)) {
     const runs = r.runs!.map((rps) => Math.round(rps).toLocaleString("en-US")).join(", ")
     print(`${r.workload} ${r.name}: runs of ${runs} req/s; the row is the median`)

@@ -1,14 +1,17 @@
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
 import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from "node:fs"
+import { createServer, type Server, type ServerResponse } from "node:http"
+import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Commandstats from "../bench/commandstats.js"
+import * as Load from "../bench/load.js"
 import * as Monitor from "../bench/monitor.js"
-import { defaults, parse } from "../bench/options.js"
+import { defaults, parse, type Workload } from "../bench/options.js"
 import * as Pin from "../bench/pin.js"
-import { formatRss, medianRun } from "../bench/report.js"
+import { bareCheck, formatRss, medianRun, microsPerRequest, ratioTo, relate } from "../bench/report.js"
 import { type RedisServer, startRedis } from "./support/redis.js"
 import { eventually, sleep } from "./support/wait.js"
 
@@ -38,10 +41,10 @@ interface Marker {
   readonly tmp: string
 }
 
-const harness = (args: ReadonlyArray<string>): Run => {
+const harness = (args: ReadonlyArray<string>, env: Record<string, string> = {}): Run => {
   const marker = { id: randomUUID(), tmp: outDir() }
   const child = spawn(process.execPath, ["--import", "tsx", "bench/run.ts", ...args], {
-    env: { ...process.env, [MARKER]: marker.id, TMPDIR: marker.tmp },
+    env: { ...process.env, [MARKER]: marker.id, TMPDIR: marker.tmp, ...env },
     stdio: ["ignore", "pipe", "pipe"]
   })
   let stdout = ""
@@ -116,8 +119,11 @@ afterAll(async () => {
   for (const dir of outDirs) rmSync(dir, { recursive: true, force: true })
 }, 60_000)
 
+/** Rows of an HTTP server (not direct ioredis). */
+const served = (rows: ReadonlyArray<any>) => rows.filter((r) => r.kind !== "direct")
+
 describe("npm run bench", () => {
-  it("measures each stage against the baselines, writes the JSON and the chart, and leaves no process behind", async () => {
+  it("measures each stage and its peer against the baselines with wrk, writes the JSON and the chart, and leaves no process behind", async () => {
     const out = outDir()
     const run = harness([
       "--duration",
@@ -142,7 +148,9 @@ describe("npm run bench", () => {
       "bare:bare node:http:hot",
       "bare:bare + Effect fiber:hot",
       "stage:memory:hot",
+      "peer:fastify memory:hot",
       "stage:batched:hot",
+      "peer:fastify batched:hot",
       "direct:ioredis HINCRBY:hot",
       "direct:ioredis HINCRBY pipelined ×1000:hot"
     ])
@@ -153,46 +161,78 @@ describe("npm run bench", () => {
       expect(row.ratio, row.name).toBeCloseTo(row.rps / bare.rps, 9)
     }
     expect(bare.ratio).toBe(1)
-    // Server alone on the last CPU, the harness (load, Redis) on the others; on one CPU nothing to split.
+    for (const row of served(report.rows)) {
+      // Every vote answered 200, none lost to a socket error.
+      expect(row.non2xx, row.name).toBe(0)
+      expect(row.non2xxByStatus, row.name).toEqual({})
+      expect(row.errors, row.name).toBe(0)
+      expect(row.cpuCores, row.name).toBeGreaterThan(0)
+      expect(row.cpuUsPerRequest, row.name).toBeCloseTo((row.cpuCores * 1e6) / row.rps, 6)
+      expect(row.loadCores, `${row.name}: wrk's own CPU`).toBeGreaterThan(0)
+    }
+    for (const stage of ["memory", "batched"]) {
+      const app = byName.get(stage)
+      const peer = byName.get(`fastify ${stage}`)
+      expect(peer.stage).toBe(stage)
+      expect(app.peerRatio, stage).toBeCloseTo(app.rps / peer.rps, 9)
+      expect(app.peerCpuRatio, stage).toBeCloseTo(app.cpuUsPerRequest / peer.cpuUsPerRequest, 9)
+      expect(peer.peerRatio).toBeNull()
+    }
+    expect(bare.peerRatio).toBeNull()
+    // One wrk thread per harness CPU, at most two (one here, where the server has the other of two CPUs).
+    const harnessCpus = Pin.plan(allowedCpus())?.harness.split(",").length ?? allowedCpus().length
+    expect(report.options.threads).toBe(harnessCpus >= 2 ? 2 : 1)
+    // Server alone on the last CPU, the harness (wrk, Redis) on the others; on one CPU nothing to split.
     expect(report.machine.pinning).toEqual(Pin.plan(allowedCpus()) ?? null)
     expect(report.machine.cores).toBe(allowedCpus().length)
     // Measured before and after the stages; the better run is the baseline.
     expect(bare.runs).toHaveLength(2)
     expect(bare.rps).toBe(Math.max(...bare.runs))
     expect(byName.get("batched").runs).toEqual([byName.get("batched").rps])
+    expect(byName.get("fastify batched").runs).toEqual([byName.get("fastify batched").rps])
     expect(byName.get("bare + Effect fiber").runs).toEqual([byName.get("bare + Effect fiber").rps])
     expect(run.stdout()).toMatch(/^hot bare node:http: runs of [\d,]+, [\d,]+ req\/s; the row is the median$/m)
-    for (const name of ["bare node:http", "bare + Effect fiber", "memory", "batched"]) {
-      const row = byName.get(name)
+    for (const row of served(report.rows)) {
+      const name = row.name
       expect(row.latencyMs.p50, name).toBeGreaterThan(0)
       expect(row.latencyMs.p99, name).toBeGreaterThanOrEqual(row.latencyMs.p50)
       expect(row.latencyMs.max, name).toBeGreaterThanOrEqual(row.latencyMs.p99)
+      expect(row.latencyMs.p99Corrected, name).toBeGreaterThan(0)
       expect(row.peakRssMb, name).toBeGreaterThan(10)
       expect(row.exitCode, `${name} stops cleanly on SIGTERM`).toBe(0)
     }
-    // Memory touches no Redis; the batched stage's buffered votes reach Redis by the flush at exit, which is counted.
+    // Memory touches no Redis; the batched stage's buffered votes reach Redis by the flush at exit, which is counted,
+    // the app's as its script, the peer's as one MULTI of HINCRBYs.
     expect(byName.get("memory").redis).toBeNull()
+    expect(byName.get("fastify memory").redis).toBeNull()
     const batched = byName.get("batched").redis
     expect(batched.perThousand).toBeGreaterThan(0)
     expect(batched.allPerThousand).toBeGreaterThanOrEqual(batched.perThousand)
+    const peerBatched = byName.get("fastify batched").redis.byCommand
+    expect(peerBatched.multi).toBeGreaterThan(0)
+    expect(peerBatched.exec).toBe(peerBatched.multi)
+    expect(peerBatched.hincrby).toBeGreaterThan(0)
     expect(byName.get("ioredis HINCRBY").redis.byCommand.hincrby).toBeCloseTo(1000, 0)
 
-    expect(run.stdout()).toMatch(/req\/s\s+× bare/)
-    expect(run.stdout()).toMatch(/^hot\s+batched\s+[\d,]+\s+\d+\.\d\d/m)
+    expect(run.stdout()).toMatch(/req\/s\s+× bare\s+× peer\s+CPU µs\/req/)
+    expect(run.stdout()).toMatch(/^hot\s+batched\s+[\d,]+\s+\d+\.\d\d\s+\d+\.\d\d\s+\d+\.\d\s/m)
+    expect(run.stdout()).toMatch(/^hot\s+fastify batched\s+[\d,]+\s+\d+\.\d\d\s+-\s+\d+\.\d\s/m)
+    // Whether the bare server filled its core, said either way.
+    expect(run.stdout()).toMatch(/^hot: bare node:http kept (only )?\d\.\d\d of its core busy/m)
 
     const svg = readFileSync(join(out, "latest.svg"), "utf8")
     expect(svg.startsWith("<svg")).toBe(true)
     expect(svg.trimEnd().endsWith("</svg>")).toBe(true)
-    for (const label of ["memory", "batched", "bare node:http"]) expect(svg).toContain(`>${label}<`)
+    for (const label of ["memory", "batched", "fastify batched", "bare node:http"]) expect(svg).toContain(`>${label}<`)
     expect(svg.split(">target 0.7×<").length, "the target line's label, drawn once").toBe(2)
 
     expect(await settled(run.marker)).toEqual([])
   }, 60_000)
 
-  it("measures one vote per voter: a defined poll, a new voter each request, one script per vote", async () => {
+  it("measures one vote per voter: a defined poll, a new voter each request from each of two wrk threads", async () => {
     const out = outDir()
-    const args = ["--duration", "1", "--warmup", "0", "--connections", "8", "--stages", "batched"]
-    // Without the fiber baseline: bare, the stage and the direct baselines only.
+    const args = ["--duration", "1", "--warmup", "0", "--connections", "8", "--stages", "batched", "--threads", "2"]
+    // Without the fiber baseline: bare, the stage, its peer and the direct baselines only.
     const run = harness([...args, "--repeat", "2", "--workloads", "voters", "--no-fiber-baseline", "--out", out])
     const code = await run.exited
     expect(code, `${run.stdout()}\n${run.stderr()}`).toBe(0)
@@ -200,29 +240,41 @@ describe("npm run bench", () => {
     expect(report.rows.map((r: any) => `${r.kind}:${r.name}:${r.workload}`)).toEqual([
       "bare:bare node:http:voters",
       "stage:batched:voters",
+      "peer:fastify batched:voters",
       "direct:ioredis SADD+HINCRBY:voters",
       "direct:ioredis SADD+HINCRBY pipelined ×1000:voters"
     ])
+    expect(report.options.threads).toBe(2)
     for (const row of report.rows) {
       expect(row.requests, row.name).toBeGreaterThan(0)
-      // Every request is a new voter's: a refusal would mean ids repeat, or the poll was not defined.
+      // Every request is a new voter's: a refusal would mean ids repeat (across wrk's threads too), or the poll was
+      // not defined.
       expect(row.non2xx, row.name).toBe(0)
     }
-    const [bare, stage, direct, pipelined] = report.rows
+    const [bare, stage, peer, direct, pipelined] = report.rows
     // Two rounds, and the bare server once more: each row is its median run (of two, the better).
     expect(bare.runs).toHaveLength(3)
     expect(bare.rps).toBe([...bare.runs].sort((a: number, b: number) => a - b)[1])
     expect(stage.runs).toHaveLength(2)
     expect(stage.rps).toBe(Math.max(...stage.runs))
+    expect(peer.runs).toHaveLength(2)
     expect(stage.ratio).toBeCloseTo(stage.rps / bare.rps, 9)
+    expect(stage.peerRatio).toBeCloseTo(stage.rps / peer.rps, 9)
     // Each vote is one script before its 200: the voter's record and the count together (EVALSHA; EVAL the first
     // time a connection meets the script).
+    // Per 1,000 answers counted; the votes in flight when wrk stopped (one per connection at most) were served too.
+    // (Counts per 1,000 are rounded to three decimals.)
+    const inFlight = (row: any) => 1000 * (1 + 8 / row.requests) + 0.002
     const scripts = (stage.redis.byCommand.evalsha ?? 0) + (stage.redis.byCommand.eval ?? 0)
     expect(scripts).toBeGreaterThanOrEqual(999)
-    expect(scripts).toBeLessThan(1010)
+    // A script or two more at most: the flush at exit.
+    expect(scripts).toBeLessThanOrEqual(inFlight(stage) + 2)
     expect(stage.redis.byCommand.sadd ?? 0).toBe(0)
     // Anything else is a handful of commands (the definition, the flush), not one more per vote.
     expect(stage.redis.perThousand - scripts).toBeLessThan(100)
+    // The peer records each voter with a SADD of its own before the vote goes to its buffer.
+    expect(peer.redis.byCommand.sadd).toBeGreaterThanOrEqual(1000)
+    expect(peer.redis.byCommand.sadd).toBeLessThanOrEqual(inFlight(peer))
     for (const row of [direct, pipelined]) {
       expect(row.redis.byCommand.sadd, row.name).toBeCloseTo(1000, 0)
       expect(row.redis.byCommand.hincrby, row.name).toBeCloseTo(1000, 0)
@@ -230,16 +282,45 @@ describe("npm run bench", () => {
     expect(await settled(run.marker)).toEqual([])
   }, 60_000)
 
+  it("votes on each of spread1m's distinct polls once, watching the app's memory, and ends when they are all in", async () => {
+    const out = outDir()
+    const args = ["--stages", "batched", "--workloads", "spread1m", "--rss-votes", "3000", "--connections", "8"]
+    const run = harness([...args, "--rss-max-seconds", "60", "--out", out])
+    const code = await run.exited
+    expect(code, `${run.stdout()}\n${run.stderr()}`).toBe(0)
+    const report = JSON.parse(readFileSync(join(out, "latest.json"), "utf8"))
+    expect(report.rows).toEqual([])
+    const [check] = report.rss
+    expect(check).toMatchObject({
+      stage: "batched",
+      votes: 3000,
+      distinctPolls: 3000,
+      non2xx: 0,
+      errors: 0,
+      exitCode: 0
+    })
+    expect(check.seconds).toBeLessThan(30)
+    expect(check.startMb).toBeGreaterThan(10)
+    expect(check.peakMb).toBeGreaterThanOrEqual(check.endMb)
+    expect(check.timeline.length).toBeGreaterThan(0)
+    // The buffered votes reach Redis by the flush at exit at the latest, which is counted.
+    expect(check.redis.allPerThousand).toBeGreaterThan(0)
+    expect(run.stdout()).toMatch(/^batched\s+3,000\s/m)
+    expect(await settled(run.marker)).toEqual([])
+  }, 60_000)
+
   it("stops the load and every process it started on Ctrl-C", async () => {
     const run = harness(["--duration", "30", "--stages", "batched", "--workloads", "hot", "--out", outDir()])
     // Interrupt mid-measurement: the first server measured is the bare node:http one, with Redis already up.
     const deadline = Date.now() + 20_000
-    while (!leftovers(run.marker).some((p) => p.includes("bench/bare.ts"))) {
-      if (Date.now() > deadline) throw new Error(`the bare server never started:\n${run.stderr()}`)
+    while (!leftovers(run.marker).some((p) => /\bwrk /.test(p))) {
+      if (Date.now() > deadline) throw new Error(`wrk never started:\n${run.stderr()}`)
       await sleep(50)
     }
     await sleep(500)
-    expect(leftovers(run.marker).some((p) => p.includes("redis-server"))).toBe(true)
+    const running = leftovers(run.marker)
+    expect(running.some((p) => p.includes("bench/bare.mjs"))).toBe(true)
+    expect(running.some((p) => p.includes("redis-server"))).toBe(true)
     run.child.kill("SIGINT")
     const code = await Promise.race([run.exited, sleep(15_000).then(() => "still running")])
     expect(code, run.stderr()).toBe(130)
@@ -252,6 +333,13 @@ describe("npm run bench", () => {
     expect(run.stderr()).toContain("unknown turbo")
     expect(run.stderr()).toContain("--duration SECONDS")
   })
+
+  it("says how to get wrk when it is not installed, and starts nothing", async () => {
+    const run = harness(["--duration", "1", "--stages", "memory", "--workloads", "hot"], { PATH: outDir() })
+    expect(await run.exited).toBe(1)
+    expect(run.stderr()).toContain(Load.WRK_MISSING)
+    expect(leftovers(run.marker)).toEqual([])
+  })
 })
 
 describe("bench options", () => {
@@ -262,15 +350,25 @@ describe("bench options", () => {
   })
 
   it("reads lists in the canonical order and both flag spellings", () => {
-    expect(parse(["--stages", "full,memory,full", "--workloads=read,hot", "--duration=2.5"])).toMatchObject({
+    expect(parse(["--stages", "full,memory,full", "--workloads=read,hot", "--duration=3"])).toMatchObject({
       stages: ["memory", "full"],
       workloads: ["hot", "read"],
-      duration: 2.5
+      duration: 3
     })
     expect(parse(["--help"])).toBeUndefined()
     expect(parse(["--repeat", "3"])).toMatchObject({ repeat: 3 })
-    expect(defaults).toMatchObject({ pin: true, fiberBaseline: true })
-    expect(parse(["--no-pin", "--no-fiber-baseline"])).toMatchObject({ pin: false, fiberBaseline: false })
+    expect(defaults).toMatchObject({ pin: true, fiberBaseline: true, peers: true, threads: undefined })
+    expect(parse(["--no-pin", "--no-fiber-baseline", "--no-peers"])).toMatchObject({
+      pin: false,
+      fiberBaseline: false,
+      peers: false
+    })
+    // wrk counts its duration in whole seconds, and splits the connections between its threads.
+    expect(() => parse(["--duration", "2.5"])).toThrow(/whole number/)
+    expect(() => parse(["--warmup", "0.5"])).toThrow(/whole number/)
+    expect(parse(["--threads", "2", "--connections", "10"])).toMatchObject({ threads: 2, connections: 10 })
+    expect(() => parse(["--threads", "3"])).toThrow(/1 or 2/)
+    expect(() => parse(["--threads", "2", "--connections", "7"])).toThrow(/split evenly/)
     expect(() => parse(["--repeat", "0"])).toThrow(/at least 1/)
     expect(() => parse(["--connections", "0"])).toThrow(/at least 1/)
     expect(() => parse(["--connections", "2.5"])).toThrow(/whole number/)
@@ -419,5 +517,227 @@ describe("Redis command counts", () => {
       expect(use.allByCommand).toEqual({ eval: 666.667, hincrby: 1666.667, hgetall: 333.333 })
       expect(use.scriptsPerThousand).toBe(666.667)
     })
+  })
+})
+
+describe("wrk's summary", () => {
+  const line = (fields: Record<string, unknown>) =>
+    `${Load.SUMMARY_PREFIX}${JSON.stringify({
+      requests: 1200,
+      duration_us: 2_000_000,
+      threads: 1,
+      connections: 8,
+      non2xx: { "404": 150, "503": 50 },
+      errors: { connect: 1, read: 2, write: 3, timeout: 4, status: 200 },
+      wrk_latency_ms: { p50: 1.5, p99: 9, max: 12, mean: 2 },
+      latency_ms: { p50: 1.2, p99: 6, max: 12, mean: 1.6, count: 1200 },
+      histogram: "ffi",
+      cpu_s: 0.5,
+      ...fields
+    })}`
+  const output = (summary: string) =>
+    `Running 2s test @ http://127.0.0.1:1234\n  1 threads and 8 connections\nRequests/sec: 600.00\n${summary}\n`
+
+  it("is read from the script's line among wrk's own, and gives the 2xx rate, errors and wrk's CPU", () => {
+    const summary = Load.parseSummary(output(line({})))
+    expect(summary).toMatchObject({ requests: 1200, seconds: 2, threads: 1, connections: 8, cpuSeconds: 0.5 })
+    expect(summary.non2xx).toEqual({ "404": 150, "503": 50 })
+    expect(summary.latencyMs).toEqual({ p50: 1.2, p99: 6, max: 12, mean: 1.6, count: 1200, p99Corrected: 9 })
+    const load = Load.loadOf(summary)
+    expect(load).toMatchObject({ ok: 1000, non2xx: 200, errors: 10, seconds: 2, rps: 500, loadCores: 0.25 })
+    expect(load.non2xxByStatus).toEqual({ "404": 150, "503": 50 })
+    expect(load.latencyMs.p99).toBe(6)
+  })
+
+  it("falls back to wrk's own latencies when the script could not read its histogram back", () => {
+    const load = Load.loadOf(Load.parseSummary(output(line({ latency_ms: null, histogram: "wrk" }))))
+    expect(load.latencyMs).toEqual({ p50: 1.5, p99: 9, max: 12, mean: 2 })
+  })
+
+  it("is refused, quoting wrk's output, when missing or not whole", () => {
+    expect(() => Load.parseSummary("Running 2s test\nunable to connect to 127.0.0.1:1 Connection refused\n")).toThrow(
+      /printed no summary[\s\S]*Connection refused/
+    )
+    expect(() => Load.parseSummary(`${Load.SUMMARY_PREFIX}{"requests":`)).toThrow(/not JSON/)
+    expect(() => Load.parseSummary(line({ cpu_s: "fast" }))).toThrow(/cpu_s/)
+    expect(() => Load.parseSummary(line({ non2xx: { teapot: 1 } }))).toThrow(/non2xx/)
+    expect(() => Load.parseSummary(line({ histogram: undefined }))).toThrow(/histogram/)
+  })
+})
+
+describe("figures relative to others of the same run", () => {
+  const row = (kind: string, name: string, stage: string | null, rps: number, cpuCores: number | null) =>
+    ({ kind, name, stage, rps, cpuCores }) as any
+
+  it("CPU per answer is the server's cores over its rate, in microseconds", () => {
+    expect(microsPerRequest(0.98, 40_000)).toBeCloseTo(24.5, 9)
+    expect(microsPerRequest(null, 40_000)).toBeNull()
+    expect(microsPerRequest(0.5, 0)).toBeNull()
+    expect(ratioTo(3, 4)).toBe(0.75)
+    expect(ratioTo(3, 0)).toBeNull()
+    expect(ratioTo(null, 4)).toBeNull()
+  })
+
+  it("relates every row to the bare server and each stage of the app to its own peer", () => {
+    const bare = row("bare", "bare node:http", null, 40_000, 1)
+    const rows = relate(bare, [
+      bare,
+      row("stage", "batched", "batched", 30_000, 0.99),
+      row("peer", "fastify batched", "batched", 20_000, 0.9),
+      row("stage", "redis", "redis", 10_000, 0.5),
+      row("peer", "fastify redis", "redis", 12_500, 0.5),
+      row("stage", "full", "full", 28_000, 1),
+      row("direct", "ioredis HINCRBY", null, 80_000, null)
+    ])
+    const by = new Map(rows.map((r) => [r.name, r]))
+    expect(by.get("bare node:http")).toMatchObject({ ratio: 1, peerRatio: null, cpuUsPerRequest: 25 })
+    expect(by.get("batched")).toMatchObject({ ratio: 0.75, peerRatio: 1.5, cpuUsPerRequest: 33 })
+    expect(by.get("batched")!.peerCpuRatio).toBeCloseTo(33 / 45, 9)
+    expect(by.get("fastify batched")).toMatchObject({ ratio: 0.5, peerRatio: null, peerCpuRatio: null })
+    expect(by.get("redis")).toMatchObject({ peerRatio: 0.8, peerCpuRatio: 1.25 })
+    // No peer of its own: `full` is this app's composition.
+    expect(by.get("full")).toMatchObject({ ratio: 0.7, peerRatio: null, peerCpuRatio: null })
+    expect(by.get("ioredis HINCRBY")).toMatchObject({ ratio: 2, cpuUsPerRequest: null })
+  })
+
+  it("says whether the bare server filled its core", () => {
+    const bare = (cpuCores: number) =>
+      ({
+        kind: "bare",
+        name: "bare node:http",
+        workload: "hot",
+        rps: 45_000,
+        cpuCores,
+        loadCores: 0.4,
+        otherCores: 0
+      }) as any
+    expect(bareCheck([bare(0.99)])).toEqual([
+      "hot: bare node:http kept 0.99 of its core busy at 45,000 req/s (wrk used 0.40 cores, 8.9 µs per request): the server, not the load generator, is the limit"
+    ])
+    expect(bareCheck([bare(0.6)])[0]).toMatch(/^hot: bare node:http kept only 0\.60 of its core busy .*flattered$/)
+  })
+})
+
+describe("the load", () => {
+  interface Seen {
+    readonly method: string
+    readonly path: string
+    readonly body: string
+  }
+  let server: Server
+  let url: string
+  let seen: Array<Seen> = []
+  /** How the test server answers each request, given how many it has answered before. */
+  let answer: (n: number, res: ServerResponse) => void = (_n, res) => res.end("{}")
+
+  beforeAll(async () => {
+    server = createServer((req, res) => {
+      let body = ""
+      req.on("data", (chunk: Buffer) => (body += chunk.toString()))
+      req.on("end", () => {
+        seen.push({ method: req.method!, path: req.url!, body })
+        answer(seen.length - 1, res)
+      })
+    })
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  })
+  afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())))
+  const fresh = (reply: (n: number, res: ServerResponse) => void = (_n, res) => res.end("{}")) => {
+    seen = []
+    answer = reply
+  }
+  const drive = (workload: Workload, options: Partial<Load.DriveOptions> = {}) =>
+    Load.drive(url, workload, { connections: 4, threads: 1, seconds: 1, ...options })
+
+  it("hot: votes on one poll, the options in turn", async () => {
+    fresh()
+    const load = await drive("hot")
+    // Answers still in flight when wrk stopped reached the server but were not counted.
+    expect(load.ok).toBeLessThanOrEqual(seen.length)
+    expect(load.ok).toBeGreaterThanOrEqual(seen.length - 4)
+    expect(load.summary.latencyMs?.count, "every answer measured once").toBe(load.summary.requests)
+    expect(new Set(seen.map((s) => `${s.method} ${s.path}`))).toEqual(new Set(["POST /vote/hot"]))
+    const options = new Map<string, number>()
+    for (const s of seen)
+      options.set(JSON.parse(s.body).option_id, (options.get(JSON.parse(s.body).option_id) ?? 0) + 1)
+    expect([...options.keys()].sort()).toEqual(["A", "B", "C", "D"])
+    for (const count of options.values()) expect(Math.abs(count - seen.length / 4)).toBeLessThanOrEqual(8)
+  })
+
+  it("spread: votes over 10,000 polls; read: GETs one poll's results", async () => {
+    fresh()
+    await drive("spread")
+    const polls = new Set(seen.map((s) => s.path))
+    for (const path of polls) expect(path).toMatch(/^\/vote\/p\d+$/)
+    expect(Math.max(...[...polls].map((p) => Number(p.slice("/vote/p".length))))).toBeLessThan(Load.SPREAD_POLLS)
+    expect(polls.size).toBeGreaterThan(Math.min(seen.length, Load.SPREAD_POLLS) / 3)
+    fresh()
+    const load = await drive("read")
+    expect(load.ok).toBeGreaterThan(0)
+    expect(new Set(seen.map((s) => `${s.method} ${s.path} ${s.body}`))).toEqual(new Set(["GET /results/hot "]))
+  })
+
+  it("voters: a new voter every request, from each of two threads", async () => {
+    fresh()
+    const load = await drive("voters", { threads: 2 })
+    expect(load.summary.threads).toBe(2)
+    const voters = seen.map((s) => JSON.parse(s.body).voter_id as string)
+    expect(new Set(seen.map((s) => s.path))).toEqual(new Set(["/vote/voters"]))
+    expect(new Set(voters).size).toBe(voters.length)
+    // Ids carry their thread: both threads sent.
+    expect(new Set(voters.map((v) => v.split("-").at(-2))).size).toBe(2)
+    // A second run hands out none of the first's.
+    const first = new Set(voters)
+    fresh()
+    await drive("voters")
+    expect(seen.some((s) => first.has(JSON.parse(s.body).voter_id))).toBe(false)
+  })
+
+  it("spread1m: each of its polls voted on once, then stops well before its time bound", async () => {
+    fresh()
+    const polls = 3000
+    const running = Load.start(url, "spread1m", { connections: 8, threads: 2, seconds: 30, distinctPolls: polls })
+    const load = await running.done
+    expect(load.ok).toBe(polls)
+    expect(running.completed()).toBe(polls)
+    expect(load.seconds).toBeLessThan(15)
+    expect(seen).toHaveLength(polls)
+    expect(new Set(seen.map((s) => s.path))).toEqual(new Set(Array.from({ length: polls }, (_, i) => `/vote/m${i}`)))
+  }, 30_000)
+
+  it("counts answers that are not 2xx by status", async () => {
+    fresh((n, res) => {
+      res.statusCode = n % 5 === 0 ? 503 : n % 7 === 0 ? 404 : 200
+      res.end("{}")
+    })
+    const load = await drive("hot")
+    const expected = { "503": 0, "404": 0 }
+    for (let n = 0; n < load.summary.requests; n++) {
+      if (n % 5 === 0) expected["503"]++
+      else if (n % 7 === 0) expected["404"]++
+    }
+    // Answers still in flight when wrk stopped were sent by the server but not counted by wrk.
+    expect(load.non2xxByStatus["503"]).toBeGreaterThanOrEqual(expected["503"] - 4)
+    expect(load.non2xxByStatus["503"]).toBeLessThanOrEqual(expected["503"] + 4)
+    expect(load.non2xxByStatus["404"]).toBeGreaterThanOrEqual(expected["404"] - 4)
+    expect(load.non2xxByStatus["404"]).toBeLessThanOrEqual(expected["404"] + 4)
+    expect(load.ok).toBe(load.summary.requests - load.non2xx)
+  })
+
+  it("reports the latencies measured, without the samples wrk makes up for slow answers", async () => {
+    // One answer in ten takes 20 ms, the rest none: wrk's correction would add up to ten made-up samples for each
+    // slow one, between the fast and the slow, moving the median and the mean up.
+    fresh((n, res) => (n % 10 === 9 ? setTimeout(() => res.end("{}"), 20) : res.end("{}")))
+    const load = await drive("hot")
+    const measured = load.summary.latencyMs!
+    // Read in place: the scan bucket by bucket is only the fallback.
+    expect(load.summary.histogram).toBe("ffi")
+    expect(measured.count).toBe(load.summary.requests)
+    expect(measured.p50).toBeLessThan(5)
+    expect(measured.p99).toBeGreaterThanOrEqual(19)
+    expect(measured.max).toBeGreaterThanOrEqual(19)
+    expect(load.summary.wrkLatencyMs.mean).toBeGreaterThan(measured.mean * 1.5)
+    expect(measured.p99Corrected).toBe(load.summary.wrkLatencyMs.p99)
   })
 })
