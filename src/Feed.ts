@@ -31,11 +31,13 @@ export const makeLocal = () => {
         if (set.size === 0) listeners.delete(pollId)
       })
     })
-  return { notify, notifyAll, subscribe }
+  /** Whether any stream of this instance watches the poll: a vote on a poll nobody watches signals nothing. */
+  const watched = (pollId: PollId) => listeners.has(pollId)
+  return { notify, notifyAll, subscribe, watched }
 }
 
 export const layerLocal: Layer.Layer<Feed> = Layer.sync(Feed, () => {
   const local = makeLocal()
-  const notify = (pollId: PollId) => Effect.sync(() => local.notify(pollId))
+  const notify = (pollId: PollId) => (local.watched(pollId) ? Effect.sync(() => local.notify(pollId)) : Effect.void)
   return { changed: notify, local: notify, subscribe: local.subscribe }
 })

@@ -44,12 +44,8 @@ export const make = (polls: PollsShape, store: VoteStoreShape) => {
    * record is the decision, so it holds across instances and in every stage, buffered ones included.
    */
   const cast = (pollId: PollId, optionId: OptionId, voterId: VoterId | undefined): Effect.Effect<void, CastError> =>
-    Effect.flatMap(
-      polls.get(pollId),
-      Option.match({
-        onNone: () => store.vote(pollId, optionId),
-        onSome: (poll) => castDefined(poll, optionId, voterId)
-      })
+    Effect.flatMap(polls.get(pollId), (found) =>
+      Option.isNone(found) ? store.vote(pollId, optionId) : castDefined(found.value, optionId, voterId)
     )
 
   const tallyOf = (

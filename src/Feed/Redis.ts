@@ -57,6 +57,8 @@ export const layer = (nodes: ReadonlyArray<RedisClient.RedisNode>): Layer.Layer<
           // One past the limit is enough to send "*"; the set never grows further.
           if (polls.size <= MAX_IDS_PER_SIGNAL) polls.add(pollId)
         })
-      return { changed, local: (pollId: PollId) => Effect.sync(() => local.notify(pollId)), subscribe: local.subscribe }
+      const localOnly = (pollId: PollId) =>
+        local.watched(pollId) ? Effect.sync(() => local.notify(pollId)) : Effect.void
+      return { changed, local: localOnly, subscribe: local.subscribe }
     })
   )

@@ -13,6 +13,7 @@ import * as Health from "./Health.js"
 import * as PollsHttp from "./Polls.js"
 import { fromError, type Reply, send } from "./Reply.js"
 import { route } from "./Routes.js"
+import { runFast } from "./Run.js"
 import * as Votes from "./Votes.js"
 
 export type Services = VoteStore | Polls | Feed
@@ -72,8 +73,9 @@ export const makeHandler = (runtime: Runtime.Runtime<Services>, options: Handler
   }
   // Each callback of a request (node:http's, the body reader's, the fiber's observer) catches what it throws: a bug
   // answers 503, never ends the process. Written out in each, so the per-request path allocates nothing for it.
-  const run = (res: ServerResponse, effect: Effect.Effect<Reply>) => {
-    runFork(effect).addObserver((exit) => {
+  // Without a fiber while the request's steps are synchronous (see Run.ts); a fiber on the runtime for the rest.
+  const run = (res: ServerResponse, effect: Effect.Effect<Reply>) =>
+    runFast(effect, runFork, (exit) => {
       try {
         if (Exit.isSuccess(exit)) send(res, exit.value)
         else failed(res, exit.cause)
@@ -81,7 +83,6 @@ export const makeHandler = (runtime: Runtime.Runtime<Services>, options: Handler
         failed(res, error)
       }
     })
-  }
   const withBody = (req: IncomingMessage, res: ServerResponse, use: (text: string) => Effect.Effect<Reply>) =>
     readBody(req, MAX_BODY_BYTES, (text) => {
       try {

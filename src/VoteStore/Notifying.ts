@@ -6,9 +6,10 @@ import { InnerStore, VoteStore } from "../VoteStore.js"
 /** Signals on the feed each poll that a vote or a flushed batch changed in the store it wraps. */
 export const make = (inner: VoteStoreShape, feed: FeedShape): VoteStoreShape => ({
   ...inner,
-  vote: (pollId, optionId) => Effect.zipLeft(inner.vote(pollId, optionId), feed.changed(pollId)),
+  // flatMap rather than zipLeft: one step less on every vote (the vote's value is void).
+  vote: (pollId, optionId) => Effect.flatMap(inner.vote(pollId, optionId), () => feed.changed(pollId)),
   voteOnce: (pollId, optionId, voterId) =>
-    Effect.zipLeft(inner.voteOnce(pollId, optionId, voterId), feed.changed(pollId)),
+    Effect.flatMap(inner.voteOnce(pollId, optionId, voterId), () => feed.changed(pollId)),
   applyBatch: (batch) =>
     Effect.zipLeft(inner.applyBatch(batch), Effect.forEach(batch.increments.keys(), feed.changed, { discard: true }))
 })
