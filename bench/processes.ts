@@ -10,11 +10,10 @@ import { Redis } from "ioredis"
 import { freePort } from "../test/support/redis.js"
 import * as Config from "../src/Config.js"
 import * as Pin from "./pin.js"
+import { setTimeout as sleep } from "node:timers/promises"
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), "../..")
 export const APP_ENTRY = join(ROOT, "dist", "main.js")
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 
 // Everything started here is stopped by `stopAll`, in reverse order, on success, on error and on Ctrl-C.
 const stoppers = new Set<() => Promise<void>>()

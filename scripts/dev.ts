@@ -9,6 +9,7 @@ import { mkdirSync } from "node:fs"
 import { join, relative } from "node:path"
 import { fileURLToPath } from "node:url"
 import { Redis } from "ioredis"
+import { setTimeout as sleep } from "node:timers/promises"
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url))
 /** The shards' ports: 7000 and 7001, or those `DEV_SHARD_PORTS` names (comma-separated). */
@@ -38,8 +39,6 @@ const exited = (child: ChildProcess) =>
       resolve({ code: child.exitCode, signal: child.signalCode })
     else child.once("exit", (code, signal) => resolve({ code, signal }))
   })
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /**
  * What answers on 127.0.0.1:port right now: nothing, a standalone redis-server (which the app can use as a shard), or

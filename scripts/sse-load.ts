@@ -9,6 +9,7 @@ import { readFileSync } from "node:fs"
 import { type ClientRequest, request } from "node:http"
 import { createServer } from "node:net"
 import { fileURLToPath } from "node:url"
+import { setTimeout as sleep } from "node:timers/promises"
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url))
 const CLIENTS = Number(process.env.SSE_CLIENTS ?? 1000)
@@ -17,8 +18,6 @@ const SINGLE_VOTES = 10
 /** Then a burst of votes as fast as they go: every client must end on the exact total. */
 const BURST_VOTES = 1000
 const UPDATE_TIMEOUT_MS = 10_000
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 const freePort = () =>
   new Promise<number>((resolve, reject) => {

@@ -198,9 +198,7 @@ export const caller = (target: Pick<RedisNode, "name" | "commandTimeoutMs">) => 
       } catch (error) {
         failed(error)
       }
-      return Effect.sync(() => {
-        settled = true
-        clearTimeout(timer)
-      })
+      // No canceller: an interrupted caller's timer just runs out (its resume is then ignored), and without one a
+      // request can wait for its answer without a fiber (Http/Run.ts).
     })
 }

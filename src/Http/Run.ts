@@ -6,9 +6,9 @@ import { Cause, Effect, Exit } from "effect"
  *
  * A vote on a hot poll in the buffered stages, a cached read and every refusal finish without waiting for anything:
  * for them a fiber (its creation, its run loop, its observers) costs more than all of the request's own steps (see
- * the README's "Performance"). So this walks the steps itself: values, failures, `sync` and `suspend` thunks, and the
+ * the README's "Performance"). So this walks the steps itself: values, failures, `sync` and `suspend` thunks, the
  * continuations of `flatMap`, `catchAllCause` and `matchCauseEffect` (on which `map`, `zipRight`, `match`, ... are
- * built). Any other step (waiting on I/O, reading a service or the clock, a fiber ref, a span, interruption) is
+ * built), and `async` steps without a canceller (a Redis call: the walk resumes in its callback). Any other step (reading a service or the clock, a fiber ref, a span, an interruption handler, yielding) is
  * left to a real fiber on the app's runtime, together with the continuations still to run, so it behaves exactly as
  * it would have: the steps taken here are only those whose meaning needs no fiber. A throw from a thunk or a
  * continuation is a defect, as it is in a fiber.
@@ -42,9 +42,19 @@ export const runFast = <A, E>(
   effect: Effect.Effect<A, E>,
   fork: (rest: Effect.Effect<A, E>) => { readonly addObserver: (observer: (exit: Exit.Exit<A, E>) => void) => void },
   done: (exit: Exit.Exit<A, E>) => void
+): void => walk(effect as unknown as Primitive, [], fork as Fork, done as (exit: Exit.Exit<unknown, unknown>) => void)
+
+type Fork = (rest: Effect.Effect<unknown, unknown>) => {
+  readonly addObserver: (observer: (exit: Exit.Exit<unknown, unknown>) => void) => void
+}
+
+const walk = (
+  start: Primitive,
+  stack: Array<Primitive>,
+  fork: Fork,
+  done: (exit: Exit.Exit<unknown, unknown>) => void
 ): void => {
-  const stack: Array<Primitive> = []
-  let current = effect as unknown as Primitive
+  let current = start
   for (let steps = 0; steps < MAX_STEPS; steps++) {
     let value: unknown
     let cause: Cause.Cause<unknown> | undefined
@@ -85,16 +95,31 @@ export const runFast = <A, E>(
         stack.push(current)
         current = current.effect_instruction_i0 as Primitive
         continue
+      case "Async": {
+        // Waiting on a callback (a Redis answer): the walk goes on from what it resumes with, once. With no fiber
+        // there is nothing to interrupt, so the step has no canceller here (one that has is wrapped in an
+        // interruption handler, a step left to a fiber).
+        let resumed = false
+        const resume = (effect: unknown) => {
+          if (resumed) return
+          resumed = true
+          walk(effect as Primitive, stack, fork, done)
+        }
+        try {
+          ;(current.effect_instruction_i0 as (resume: (effect: unknown) => void) => void)(resume)
+        } catch (defect) {
+          resume(Exit.die(defect))
+        }
+        return
+      }
       default:
-        return fork(rebuild(current, stack) as Effect.Effect<A, E>).addObserver(done)
+        return fork(rebuild(current, stack)).addObserver(done)
     }
     // A value goes to the nearest continuation that takes one, a failure to the nearest that handles it.
     let next: Continuation | undefined
     while (next === undefined) {
       const frame = stack.pop()
-      if (frame === undefined) {
-        return done((cause === undefined ? Exit.succeed(value) : Exit.failCause(cause)) as Exit.Exit<A, E>)
-      }
+      if (frame === undefined) return done(cause === undefined ? Exit.succeed(value) : Exit.failCause(cause))
       if (cause === undefined) {
         if (frame._op === "OnSuccess") next = frame.effect_instruction_i1 as Continuation
         else if (frame._op === "OnSuccessAndFailure") next = frame.effect_instruction_i2 as Continuation
@@ -106,7 +131,7 @@ export const runFast = <A, E>(
       current = Exit.die(defect) as unknown as Primitive
     }
   }
-  fork(rebuild(current, stack) as Effect.Effect<A, E>).addObserver(done)
+  fork(rebuild(current, stack)).addObserver(done)
 }
 
 /** The step reached and the continuations still waiting on it, as one Effect again. */

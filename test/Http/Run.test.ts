@@ -192,6 +192,24 @@ describe("runFast", () => {
     expect(forks).toBe(1)
   })
 
+  it("waits for an async step without a canceller in its callback, without a fiber", async () => {
+    let forks = 0
+    const fork = (rest: Effect.Effect<number, string>) => {
+      forks++
+      return Runtime.runFork(runtime)(rest)
+    }
+    const answer = Effect.async<number, string>((resume) => void setImmediate(() => resume(Effect.succeed(41))))
+    const exit = await new Promise<Exit.Exit<number, string>>((resolve) =>
+      runFast(
+        Effect.map(answer, (n) => n + 1),
+        fork,
+        resolve
+      )
+    )
+    expect(exit).toEqual(Exit.succeed(42))
+    expect(forks).toBe(0)
+  })
+
   it("hands a long synchronous loop to a fiber part-way, as a fiber would yield", async () => {
     let forks = 0
     const fork = (rest: Effect.Effect<number>) => {
