@@ -1,4 +1,4 @@
-import { Clock, Effect, Option } from "effect"
+import { type Clock, Effect, Option } from "effect"
 import type {
   DefinitionLost,
   OptionId,
@@ -22,14 +22,16 @@ export interface Tally {
 }
 
 /** Votes and tallies across a poll's rules and the vote store. */
-export const make = (polls: PollsShape, store: VoteStoreShape) => {
+/** `clock`: the runtime's, taken once (as the caches take it), so a vote reads the time without a service lookup. */
+export const make = (polls: PollsShape, store: VoteStoreShape, clock: Clock.Clock) => {
   // A chain of plain steps rather than a generator: this runs on every vote of a defined poll.
   const castDefined = (
     poll: PollDefinition,
     optionId: OptionId,
     voterId: VoterId | undefined
   ): Effect.Effect<void, CastError> =>
-    Effect.flatMap(Clock.currentTimeMillis, (now): Effect.Effect<void, CastError> => {
+    Effect.suspend((): Effect.Effect<void, CastError> => {
+      const now = clock.unsafeCurrentTimeMillis()
       const pollId = poll.id
       if (!isOpen(poll, now)) return new PollClosed({ pollId })
       if (!poll.options.some((o) => o.id === optionId)) return new UnknownOption({ pollId, optionId })

@@ -523,7 +523,12 @@ describe("handlers over the memory layers, in process", () => {
   const withApi = <A>(use: (api: ReturnType<typeof Http.makeApi>) => Effect.Effect<A>) =>
     Effect.runPromise(
       Effect.gen(function* () {
-        const api = Http.makeApi({ store: yield* VoteStore, polls: yield* Polls, feed: yield* Feed.Feed })
+        const api = Http.makeApi({
+          store: yield* VoteStore,
+          polls: yield* Polls,
+          feed: yield* Feed.Feed,
+          clock: yield* Effect.clock
+        })
         return yield* use(api)
       }).pipe(Effect.provide(layers))
     )

@@ -1,4 +1,4 @@
-import { Cause, Context, Effect, Either, Exit, Runtime } from "effect"
+import { Cause, type Clock, Context, Effect, Either, Exit, Runtime } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import type { Socket } from "node:net"
 import { Feed, type FeedShape } from "../Feed.js"
@@ -23,10 +23,11 @@ export const makeApi = (services: {
   readonly store: VoteStoreShape
   readonly polls: PollsShape
   readonly feed: FeedShape
+  readonly clock: Clock.Clock
 }) => {
-  const { store, polls, feed } = services
+  const { store, polls, feed, clock } = services
   return {
-    ...Votes.make(Voting.make(polls, store), feed),
+    ...Votes.make(Voting.make(polls, store, clock), feed),
     ...PollsHttp.make(polls, feed),
     health: Health.make(store)
   }
@@ -54,7 +55,8 @@ export const makeHandler = (runtime: Runtime.Runtime<Services>, options: Handler
   const api = makeApi({
     store: Context.get(runtime.context, VoteStore),
     polls: Context.get(runtime.context, Polls),
-    feed: Context.get(runtime.context, Feed)
+    feed: Context.get(runtime.context, Feed),
+    clock: Runtime.runSync(runtime)(Effect.clock)
   })
   // Streams carry the results only: where they were read from changes from read to read and is not news.
   const hub = LiveResults.makeHub(
