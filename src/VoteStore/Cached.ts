@@ -66,7 +66,18 @@ export const make = Effect.fn("VoteStore.cached.make")(function* (inner: VoteSto
     // A one-vote-per-voter vote skips any buffer above: it is in the store at once, and must show at once like a
     // buffered vote does, so it drops its poll's snapshot as a flush would.
     voteOnce: (pollId, optionId, voterId) =>
-      inner.voteOnce(pollId, optionId, voterId).pipe(Effect.ensuring(Effect.sync(() => changed([pollId]))))
+      // Whichever way it ends (a timed-out vote may have been counted); a match rather than `ensuring`, whose
+      // interruption mask is a step only a fiber takes (Http/Run.ts), so the vote needs no fiber.
+      Effect.matchCauseEffect(inner.voteOnce(pollId, optionId, voterId), {
+        onFailure: (cause) => {
+          changed([pollId])
+          return Effect.failCause(cause)
+        },
+        onSuccess: () => {
+          changed([pollId])
+          return Effect.void
+        }
+      })
   }
   return store
 })
