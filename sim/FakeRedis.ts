@@ -220,6 +220,10 @@ export const make = (options: FakeRedisOptions): FakeRedis => {
           appliedBatches: batchIds.filter((id) => appliedBatches.has(id))
         }))
       ),
+    optionsOf: (pollIds) =>
+      call("results", "read options", () =>
+        Effect.sync(() => new Map(pollIds.map((p) => [p, Object.keys(counts(p))])))
+      ),
     applyBatch: (batch: Batch) =>
       batch.increments.size > MAX_POLLS_PER_BATCH
         ? Effect.dieMessage(`batch ${batch.id} has ${batch.increments.size} polls; at most ${MAX_POLLS_PER_BATCH}`)

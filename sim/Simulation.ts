@@ -287,6 +287,7 @@ const forwarding = (target: () => VoteStoreShape): VoteStoreShape => ({
   voteOnce: (pollId, optionId, voterId) => Effect.suspend(() => target().voteOnce(pollId, optionId, voterId)),
   results: (pollId) => Effect.suspend(() => target().results(pollId)),
   exactResults: (pollId, batchIds) => Effect.suspend(() => target().exactResults(pollId, batchIds)),
+  optionsOf: (pollIds) => Effect.suspend(() => target().optionsOf(pollIds)),
   applyBatch: (batch) => Effect.suspend(() => target().applyBatch(batch)),
   partitionOf: (pollId) => target().partitionOf(pollId),
   health: Effect.suspend(() => target().health)
@@ -472,6 +473,8 @@ export const run = (scenario: Scenario, variant: Variant = real, options: RunOpt
           {
             flushInterval: Duration.millis(config.flushIntervalMs),
             instanceId: id,
+            // On virtual time: a first vote's options read goes out at once, not after a real turn of the loop.
+            gatherReads: (read) => read(),
             ...(config.maxEntries === undefined ? {} : { maxEntries: config.maxEntries }),
             ...(config.maxPollsPerBatch === undefined ? {} : { maxPollsPerBatch: config.maxPollsPerBatch })
           },

@@ -64,7 +64,11 @@ describe("cache", () => {
       }
       const cached = yield* Cached.make(slowAnswers, { ttl: Duration.seconds(10) })
       // Flushes at 0, 100, 200, ... ms.
-      const store = yield* WriteBehind.make(cached, { flushInterval: Duration.millis(100), instanceId: "race" })
+      const store = yield* WriteBehind.make(cached, {
+        flushInterval: Duration.millis(100),
+        instanceId: "race",
+        gatherReads: (read) => read()
+      })
       const p = "1" as PollId
       const a = "A" as OptionId
 

@@ -184,7 +184,11 @@ export const bufferSums = (
     Effect.gen(function* () {
       const shards = ["redis_7000", "redis_7001"].map((name) => FakeRedis.make({ name, timeoutMs: 50 }))
       const inner = Sharded.make(shards.map((s) => ({ name: s.name, store: wrapShard(s.store) })))
-      const store = yield* WriteBehind.make(inner, { flushInterval: FLUSH_MS, instanceId: "prop" })
+      const store = yield* WriteBehind.make(inner, {
+        flushInterval: FLUSH_MS,
+        instanceId: "prop",
+        gatherReads: (read) => read()
+      })
       const accepted = new Map<PollId, Record<string, number>>()
       const stored = (poll: PollId) => sum(shards.map((s) => s.counts(poll)))
 

@@ -44,6 +44,13 @@ export interface VoteStoreShape {
     pollId: PollId,
     batchIds: ReadonlyArray<string>
   ) => Effect.Effect<ExactResults, StoreUnavailable>
+  /**
+   * The option ids each of these polls has in the store, read together: a write-behind buffer learns the options of
+   * the polls it meets for the first time (the 256-option cap) with one read for many polls, not one per poll.
+   */
+  readonly optionsOf: (
+    pollIds: ReadonlyArray<PollId>
+  ) => Effect.Effect<ReadonlyMap<PollId, ReadonlyArray<string>>, StoreUnavailable>
   /** Apply a batch exactly once: a batch whose id the store has seen already is a no-op. */
   readonly applyBatch: (batch: Batch) => Effect.Effect<void, StoreUnavailable>
   /** The node a poll lives on; write-behind keeps one queue per partition so one node's outage spares the others. */
@@ -102,6 +109,7 @@ export const makeMemory = Effect.sync((): VoteStoreShape => {
         servedVia: IN_MEMORY,
         appliedBatches: batchIds.filter((id) => appliedBatches.has(id))
       })),
+    optionsOf: (pollIds) => Effect.sync(() => new Map(pollIds.map((p) => [p, [...(polls.get(p)?.keys() ?? [])]]))),
     applyBatch: (batch) =>
       Effect.sync(() => {
         if (appliedBatches.has(batch.id)) return

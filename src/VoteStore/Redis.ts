@@ -55,6 +55,7 @@ return { redis.call('HGETALL', KEYS[1]), applied }`
 
 interface LivepollRedis extends Redis {
   livepollResults(numKeys: number, ...keys: Array<string>): Promise<[Array<string>, Array<number>]>
+  livepollOptions(numKeys: number, ...keys: Array<string>): Promise<Array<Array<string>>>
   livepollVote(key: string, option: string, max: number, deadline: number): Promise<number>
   livepollVoteOnce(counts: string, voters: string, option: string, voter: string, deadline: number): Promise<number>
   livepollApplyBatch(numKeys: number, ...args: Array<string | number>): Promise<number>
@@ -62,11 +63,18 @@ interface LivepollRedis extends Redis {
 
 export type RedisOptions = RedisClient.RedisNode
 
+// KEYS: counts hashes. The field names of each, in order.
+const OPTIONS_SCRIPT = `
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('HKEYS', KEYS[i]) end
+return out`
+
 const withScripts = (client: Redis): LivepollRedis => {
   client.defineCommand("livepollVote", { numberOfKeys: 1, lua: VOTE_SCRIPT })
   client.defineCommand("livepollVoteOnce", { numberOfKeys: 2, lua: VOTE_ONCE_SCRIPT })
   client.defineCommand("livepollApplyBatch", { lua: APPLY_BATCH_SCRIPT })
   client.defineCommand("livepollResults", { lua: RESULTS_SCRIPT })
+  client.defineCommand("livepollOptions", { lua: OPTIONS_SCRIPT })
   return client as LivepollRedis
 }
 
@@ -131,6 +139,13 @@ export const make = Effect.fn("VoteStore.redis.make")(function* (options: RedisO
               servedVia: options.name,
               appliedBatches: applied.map((i) => batchIds[i - 1]!)
             })
+          ),
+    optionsOf: (pollIds) =>
+      pollIds.length === 0
+        ? Effect.succeed(new Map())
+        : Effect.map(
+            call("read options", () => client.livepollOptions(pollIds.length, ...pollIds.map(countsKey))),
+            (lists) => new Map(pollIds.map((p, i) => [p, lists[i] ?? []]))
           ),
     applyBatch: Effect.fn("VoteStore.redis.applyBatch")(function* (batch: Batch) {
       if (batch.increments.size > MAX_POLLS_PER_BATCH) {

@@ -24,6 +24,19 @@ export const make = (nodes: ReadonlyArray<ShardNode>, virtualNodes = Ring.DEFAUL
     voteOnce: (pollId, optionId, voterId) => storeFor(pollId).voteOnce(pollId, optionId, voterId),
     results: (pollId: PollId) => storeFor(pollId).results(pollId),
     exactResults: (pollId: PollId, batchIds: ReadonlyArray<string>) => storeFor(pollId).exactResults(pollId, batchIds),
+    optionsOf: (pollIds) => {
+      const byNode = new Map<string, Array<PollId>>()
+      for (const pollId of pollIds) {
+        const node = Ring.nodeFor(ring, pollId)
+        const part = byNode.get(node)
+        if (part === undefined) byNode.set(node, [pollId])
+        else part.push(pollId)
+      }
+      return Effect.map(
+        Effect.forEach(byNode, ([node, part]) => byName.get(node)!.optionsOf(part), { concurrency: "unbounded" }),
+        (maps) => new Map(maps.flatMap((m) => [...m]))
+      )
+    },
     applyBatch: (batch: Batch) => {
       const parts = new Map<string, Map<PollId, ReadonlyMap<OptionId, number>>>()
       for (const [pollId, increments] of batch.increments) {

@@ -1,4 +1,4 @@
-import { Cause, Clock, Duration, Effect, Exit, Layer, Schedule } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, Layer, Runtime, Schedule } from "effect"
 import type { Counts, Health, OptionId, PollId, PollResults, StoreUnavailable, VoteError } from "../Domain.js"
 import * as Journal from "./Journal.js"
 import type { JournalShape } from "./Journal.js"
@@ -25,6 +25,12 @@ export interface WriteBehindOptions {
    * twice the last. After the last one the round stops, and the batch waits for the next round.
    */
   readonly flushRetries?: number
+  /**
+   * When the option reads of the polls first met since the last call go out, as one read (`optionsOf`). By default
+   * once the event loop has taken every request of this turn (`setImmediate`), so a burst of first votes on many
+   * polls shares a read; a caller on virtual time passes one that runs at once.
+   */
+  readonly gatherReads?: (read: () => void) => void
 }
 
 /** The default of `FLUSH_RETRIES`. */
@@ -98,6 +104,8 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
   const maxPollsPerBatch = options.maxPollsPerBatch ?? MAX_POLLS_PER_BATCH
   const instanceId = options.instanceId ?? crypto.randomUUID()
   const retries = retryPolicy(options.flushRetries ?? FLUSH_RETRIES)
+  const gatherReads = options.gatherReads ?? ((read: () => void) => void setImmediate(read))
+  const runFork = Runtime.runFork(yield* Effect.runtime<never>())
   const partitions = new Map<string, Partition>()
   let sequence = 0
   let bufferedEntries = 0
@@ -145,12 +153,43 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     ...(partition.inflight?.increments.get(pollId)?.keys() ?? [])
   ]
 
+  /**
+   * The stored options of polls this instance has not met yet, read together: every first vote of one gathering
+   * waits on the same read (at most MAX_POLLS_PER_BATCH polls each). If the store is down, the answer is empty and the
+   * vote is judged by what this buffer holds.
+   */
+  const waiting = new Map<PollId, Array<(stored: ReadonlyArray<string>) => void>>()
+  const readWaiting = () => {
+    const polls = [...waiting]
+    waiting.clear()
+    for (let i = 0; i < polls.length; i += maxPollsPerBatch) {
+      const part = polls.slice(i, i + maxPollsPerBatch)
+      runFork(
+        Effect.map(
+          Effect.orElseSucceed(
+            inner.optionsOf(part.map(([pollId]) => pollId)),
+            (): ReadonlyMap<PollId, ReadonlyArray<string>> => new Map()
+          ),
+          (found) => {
+            for (const [pollId, resumes] of part) for (const resume of resumes) resume(found.get(pollId) ?? [])
+          }
+        )
+      )
+    }
+  }
+  const storedOptions = (pollId: PollId) =>
+    Effect.async<ReadonlyArray<string>>((resume) => {
+      const resumes = waiting.get(pollId)
+      const wake = (stored: ReadonlyArray<string>) => resume(Effect.succeed(stored))
+      if (resumes !== undefined) return void resumes.push(wake)
+      const first = waiting.size === 0
+      waiting.set(pollId, [wake])
+      if (first) gatherReads(readWaiting)
+    })
+
   // Not an Effect.fn: it runs on the first vote for each poll, and a span captures a stack trace per call.
   const checkOption = (partition: Partition, pollId: PollId, optionId: OptionId) =>
-    inner.exactResults(pollId, []).pipe(
-      // Unknown here: learn the poll's options from the store. If the store is down, judge by what this buffer holds.
-      Effect.map((r) => Object.keys(r.counts)),
-      Effect.orElseSucceed((): Array<string> => []),
+    storedOptions(pollId).pipe(
       Effect.flatMap((stored) => {
         const known = rememberOptions(pollId, [...stored, ...bufferedOptions(partition, pollId)])
         if (!known.has(optionId) && known.size >= MAX_OPTIONS_PER_POLL) return new TooManyOptions({ pollId })
@@ -452,6 +491,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     // Not buffered: the voter's record decides before the 200, and the count goes with it.
     voteOnce: inner.voteOnce,
     applyBatch: inner.applyBatch,
+    optionsOf: inner.optionsOf,
     partitionOf: inner.partitionOf,
     health: Effect.map(
       Effect.all([inner.health, journal.health ?? Effect.succeed(undefined), Clock.currentTimeMillis]),

@@ -31,6 +31,7 @@ const makeInner = () => {
         return Effect.succeed({ counts: { ...counts.get(pollId) }, servedVia: INNER, appliedBatches: [] })
       }),
     voteOnce: () => Effect.dieMessage("not used by these tests"),
+    optionsOf: () => Effect.dieMessage("not used by these tests"),
     applyBatch: (batch) =>
       Effect.sync(() => {
         for (const [pollId, options] of batch.increments) {

@@ -1,6 +1,14 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Scope, TestClock } from "effect"
-import { BufferFull, JournalFailed, OptionId, PollId, StoreUnavailable } from "../../src/Domain.js"
+import { Cause, Duration, Effect, Exit, Scope, TestClock } from "effect"
+import {
+  BufferFull,
+  JournalFailed,
+  MAX_OPTIONS_PER_POLL,
+  OptionId,
+  PollId,
+  StoreUnavailable,
+  TooManyOptions
+} from "../../src/Domain.js"
 import * as Journal from "../../src/VoteStore/Journal.js"
 import * as WriteBehind from "../../src/VoteStore/WriteBehind.js"
 import { makeMemory, type VoteStoreShape } from "../../src/VoteStore.js"
@@ -572,5 +580,62 @@ describe("WriteBehind", () => {
         expect(inner.state.attempts).toHaveLength(1)
         expect((yield* store.health).flushes?.find((f) => f.node === "only")?.failing).toBe(false)
       })
+  )
+})
+
+describe("WriteBehind: a poll's first votes", () => {
+  /** The memory store, recording each `optionsOf` call and failing every per-poll read (none should be needed). */
+  const makeCounting = Effect.map(makeMemory, (memory) => {
+    const calls: Array<ReadonlyArray<string>> = []
+    const store: VoteStoreShape = {
+      ...memory,
+      exactResults: () => Effect.dieMessage("a first vote read its poll's options on its own"),
+      optionsOf: (pollIds) => {
+        calls.push(pollIds)
+        return memory.optionsOf(pollIds)
+      }
+    }
+    return { store, memory, calls }
+  })
+
+  it.scoped("first votes on many new polls at once share one read of their options", () =>
+    Effect.gen(function* () {
+      const { store: inner, calls } = yield* makeCounting
+      const store = yield* WriteBehind.make(inner, { flushInterval: FLUSH })
+      const polls = Array.from({ length: 100 }, (_, i) => poll(`first-${i}`))
+      yield* Effect.forEach(polls, (p) => store.vote(p, option("A")), { concurrency: "unbounded", discard: true })
+      expect(calls).toHaveLength(1)
+      expect([...calls[0]!].sort()).toEqual([...polls].sort())
+      // Known now: more votes on them read nothing.
+      yield* Effect.forEach(polls, (p) => store.vote(p, option("B")), { concurrency: "unbounded", discard: true })
+      expect(calls).toHaveLength(1)
+      expect((yield* store.results(polls[7]!)).counts).toEqual({ A: 1, B: 1 })
+    })
+  )
+
+  it.scoped("a shared read still holds each poll to the cap: a full poll refuses a new option, takes a known one", () =>
+    Effect.gen(function* () {
+      const { store: inner, memory, calls } = yield* makeCounting
+      const full = poll("full")
+      yield* Effect.forEach(
+        Array.from({ length: MAX_OPTIONS_PER_POLL }, (_, i) => option(`o${i}`)),
+        (o) => memory.vote(full, o),
+        { discard: true }
+      )
+      const store = yield* WriteBehind.make(inner, { flushInterval: FLUSH })
+      const [refused, known, elsewhere] = yield* Effect.all(
+        [
+          Effect.exit(store.vote(full, option("one-too-many"))),
+          Effect.exit(store.vote(full, option("o3"))),
+          Effect.exit(store.vote(poll("roomy"), option("one-too-many")))
+        ],
+        { concurrency: "unbounded" }
+      )
+      expect(calls).toHaveLength(1)
+      expect(Exit.isFailure(refused) && Cause.squash(refused.cause)).toBeInstanceOf(TooManyOptions)
+      expect(known).toEqual(Exit.void)
+      expect(elsewhere).toEqual(Exit.void)
+      expect((yield* store.results(full)).counts["o3"]).toBe(2)
+    })
   )
 })
