@@ -31,13 +31,13 @@ export const makeLocal = () => {
         if (set.size === 0) listeners.delete(pollId)
       })
     })
-  /** Whether any stream of this instance watches the poll: a vote on a poll nobody watches signals nothing. */
-  const watched = (pollId: PollId) => listeners.has(pollId)
-  return { notify, notifyAll, subscribe, watched }
+  /** Wakes the poll's streams here; a vote on a poll no stream of this instance watches has nothing to run. */
+  const signal = (pollId: PollId): Effect.Effect<void> =>
+    listeners.has(pollId) ? Effect.sync(() => notify(pollId)) : Effect.void
+  return { notify, notifyAll, subscribe, signal }
 }
 
 export const layerLocal: Layer.Layer<Feed> = Layer.sync(Feed, () => {
   const local = makeLocal()
-  const notify = (pollId: PollId) => (local.watched(pollId) ? Effect.sync(() => local.notify(pollId)) : Effect.void)
-  return { changed: notify, local: notify, subscribe: local.subscribe }
+  return { changed: local.signal, local: local.signal, subscribe: local.subscribe }
 })

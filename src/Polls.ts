@@ -77,6 +77,8 @@ export const define = (draft: PollDraft, id: PollId, now: Date): PollDefinition 
 export const makeMemory = (maxPolls: number) =>
   Effect.sync((): PollsShape => {
     const polls = new Map<PollId, { definition: PollDefinition; readonly keyHash: string }>()
+    // No cache here and no other instance: a read is always exact.
+    const get = (pollId: PollId) => Effect.sync(() => Option.fromNullable(polls.get(pollId)?.definition))
     return {
       create: (poll, keyHash) =>
         Effect.suspend((): Effect.Effect<PollDefinition, PollExists | TooManyPolls> => {
@@ -85,8 +87,8 @@ export const makeMemory = (maxPolls: number) =>
           polls.set(poll.id, { definition: poll, keyHash })
           return Effect.succeed(poll)
         }),
-      get: (pollId) => Effect.sync(() => Option.fromNullable(polls.get(pollId)?.definition)),
-      getExact: (pollId) => Effect.sync(() => Option.fromNullable(polls.get(pollId)?.definition)),
+      get,
+      getExact: get,
       mayBeDefined: (pollId) => polls.has(pollId),
       onChanged: () => {},
       close: (pollId, key) =>

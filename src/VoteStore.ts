@@ -82,6 +82,7 @@ export const makeMemory = Effect.sync((): VoteStoreShape => {
     }
     options.set(optionId, (options.get(optionId) ?? 0) + n)
   }
+  const countsOf = (pollId: PollId) => addCounts(newCounts(), polls.get(pollId))
   return {
     vote: (pollId: PollId, optionId: OptionId) =>
       Effect.suspend(() => {
@@ -101,11 +102,10 @@ export const makeMemory = Effect.sync((): VoteStoreShape => {
         add(pollId, optionId, 1)
         return Effect.void
       }),
-    results: (pollId) =>
-      Effect.sync(() => ({ counts: addCounts(newCounts(), polls.get(pollId)), servedVia: IN_MEMORY })),
+    results: (pollId) => Effect.sync(() => ({ counts: countsOf(pollId), servedVia: IN_MEMORY })),
     exactResults: (pollId, batchIds) =>
       Effect.sync(() => ({
-        counts: addCounts(newCounts(), polls.get(pollId)),
+        counts: countsOf(pollId),
         servedVia: IN_MEMORY,
         appliedBatches: batchIds.filter((id) => appliedBatches.has(id))
       })),

@@ -21,8 +21,10 @@ export interface Tally {
   readonly poll: PollDefinition | undefined
 }
 
-/** Votes and tallies across a poll's rules and the vote store. */
-/** `clock`: the runtime's, taken once (as the caches take it), so a vote reads the time without a service lookup. */
+/**
+ * Votes and tallies across a poll's rules and the vote store. `clock`: the runtime's, taken once (as the caches take
+ * theirs), so a vote reads the time without a service lookup.
+ */
 export const make = (polls: PollsShape, store: VoteStoreShape, clock: Clock.Clock) => {
   // A chain of plain steps rather than a generator: this runs on every vote of a defined poll.
   const castDefined = (

@@ -57,8 +57,6 @@ export const layer = (nodes: ReadonlyArray<RedisClient.RedisNode>): Layer.Layer<
           // One past the limit is enough to send "*"; the set never grows further.
           if (polls.size <= MAX_IDS_PER_SIGNAL) polls.add(pollId)
         })
-      const localOnly = (pollId: PollId) =>
-        local.watched(pollId) ? Effect.sync(() => local.notify(pollId)) : Effect.void
-      return { changed, local: localOnly, subscribe: local.subscribe }
+      return { changed, local: local.signal, subscribe: local.subscribe }
     })
   )

@@ -17,12 +17,13 @@ export interface CacheOptions {
  * definitions report the change (`onChanged`), or at the latest after `ttl`. A poll's `closes_at` is checked against
  * the clock on every vote, so a cached definition never keeps a poll open past it.
  */
-export const make = (inner: PollsShape, options: CacheOptions) =>
-  Effect.map(
+export const make = (inner: PollsShape, options: CacheOptions) => {
+  const ttlMs = Duration.toMillis(options.ttl)
+  return Effect.map(
     TtlCache.make({
       capacity: options.capacity,
       lookup: (pollId: PollId) => inner.get(pollId),
-      ttlMs: (found) => (Option.isSome(found) ? Duration.toMillis(options.ttl) : 0)
+      ttlMs: (found) => (Option.isSome(found) ? ttlMs : 0)
     }),
     (cache): PollsShape => {
       const drop = (pollId: PollId) => Effect.sync(() => cache.invalidate(pollId))
@@ -38,6 +39,7 @@ export const make = (inner: PollsShape, options: CacheOptions) =>
       }
     }
   )
+}
 
 export const layer = (options: CacheOptions): Layer.Layer<Polls, never, InnerPolls> =>
   Layer.effect(

@@ -19,38 +19,38 @@ export const make = (nodes: ReadonlyArray<ShardNode>, virtualNodes = Ring.DEFAUL
   )
   const byName = new Map(nodes.map((n) => [n.name, n.store]))
   const storeFor = (pollId: PollId) => byName.get(Ring.nodeFor(ring, pollId))!
+  /** Entries keyed by poll, split by the node each poll lives on. */
+  const byNode = <V>(entries: Iterable<readonly [PollId, V]>) => {
+    const parts = new Map<string, Map<PollId, V>>()
+    for (const [pollId, value] of entries) {
+      const node = Ring.nodeFor(ring, pollId)
+      let part = parts.get(node)
+      if (part === undefined) parts.set(node, (part = new Map()))
+      part.set(pollId, value)
+    }
+    return parts
+  }
   return {
     vote: (pollId: PollId, optionId: OptionId) => storeFor(pollId).vote(pollId, optionId),
     voteOnce: (pollId, optionId, voterId) => storeFor(pollId).voteOnce(pollId, optionId, voterId),
     results: (pollId: PollId) => storeFor(pollId).results(pollId),
     exactResults: (pollId: PollId, batchIds: ReadonlyArray<string>) => storeFor(pollId).exactResults(pollId, batchIds),
-    optionsOf: (pollIds) => {
-      const byNode = new Map<string, Array<PollId>>()
-      for (const pollId of pollIds) {
-        const node = Ring.nodeFor(ring, pollId)
-        const part = byNode.get(node)
-        if (part === undefined) byNode.set(node, [pollId])
-        else part.push(pollId)
-      }
-      return Effect.map(
-        Effect.forEach(byNode, ([node, part]) => byName.get(node)!.optionsOf(part), { concurrency: "unbounded" }),
+    optionsOf: (pollIds) =>
+      Effect.map(
+        Effect.forEach(
+          byNode(pollIds.map((pollId) => [pollId, pollId] as const)),
+          ([node, part]) => byName.get(node)!.optionsOf([...part.keys()]),
+          { concurrency: "unbounded" }
+        ),
         (maps) => new Map(maps.flatMap((m) => [...m]))
-      )
-    },
-    applyBatch: (batch: Batch) => {
-      const parts = new Map<string, Map<PollId, ReadonlyMap<OptionId, number>>>()
-      for (const [pollId, increments] of batch.increments) {
-        const node = Ring.nodeFor(ring, pollId)
-        let part = parts.get(node)
-        if (part === undefined) parts.set(node, (part = new Map()))
-        part.set(pollId, increments)
-      }
-      // Each node records the batch id on its own, so a retry after a partial failure re-applies nowhere.
-      return Effect.forEach(parts, ([node, increments]) => byName.get(node)!.applyBatch({ id: batch.id, increments }), {
-        concurrency: "unbounded",
-        discard: true
-      })
-    },
+      ),
+    // Each node records the batch id on its own, so a retry after a partial failure re-applies nowhere.
+    applyBatch: (batch: Batch) =>
+      Effect.forEach(
+        byNode(batch.increments),
+        ([node, increments]) => byName.get(node)!.applyBatch({ id: batch.id, increments }),
+        { concurrency: "unbounded", discard: true }
+      ),
     partitionOf: (pollId: PollId) => Ring.nodeFor(ring, pollId),
     health: Effect.forEach(nodes, (n) => n.store.health, { concurrency: "unbounded" }).pipe(
       Effect.map((all) => ({

@@ -82,6 +82,9 @@ const survive = (what: string) => (effect: Effect.Effect<unknown>) =>
       : Effect.logWarning(`${what} failed, will try again: ${describe(Cause.squash(cause))}`)
   )
 
+/** A plain read says nothing about batches. */
+const NONE_APPLIED: ReadonlyArray<string> = []
+
 const retryPolicy = (retries: number) =>
   Schedule.exponential(Duration.millis(100)).pipe(Schedule.intersect(Schedule.recurs(retries)))
 
@@ -406,24 +409,25 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     partition: Partition,
     pollId: PollId,
     asked: ReadonlyArray<string> | undefined,
-    answer: (counts: Counts, stored: ExactResults) => A,
+    answer: (counts: Counts, servedVia: string, applied: ReadonlyArray<string>) => A,
     attempt: number
   ): Effect.Effect<A, StoreUnavailable> => {
     const { epoch, pending, inflight } = partition
     const ours = inflight?.increments.has(pollId) === true
-    const read: Effect.Effect<ExactResults, StoreUnavailable> =
+    const read: Effect.Effect<PollResults | ExactResults, StoreUnavailable> =
       asked === undefined && !ours
-        ? Effect.map(inner.results(pollId), (r) => ({ ...r, appliedBatches: [] }))
+        ? inner.results(pollId)
         : inner.exactResults(pollId, ours ? [inflight!.id, ...(asked ?? [])] : asked!)
     return Effect.flatMap(read, (stored) => {
       // A batch sealed or confirmed while the store was being read could be counted twice or not at all.
       if (partition.epoch !== epoch && attempt < 5) return readBuffered(partition, pollId, asked, answer, attempt + 1)
+      const applied = "appliedBatches" in stored ? stored.appliedBatches : NONE_APPLIED
       const counts = addCounts(copyCounts(stored.counts), pending.get(pollId))
-      if (ours && !stored.appliedBatches.includes(inflight!.id)) addCounts(counts, inflight!.increments.get(pollId))
-      return Effect.succeed(answer(counts, stored))
+      if (ours && !applied.includes(inflight!.id)) addCounts(counts, inflight!.increments.get(pollId))
+      return Effect.succeed(answer(counts, stored.servedVia, applied))
     })
   }
-  const plainAnswer = (counts: Counts, stored: ExactResults): PollResults => ({ counts, servedVia: stored.servedVia })
+  const plainAnswer = (counts: Counts, servedVia: string): PollResults => ({ counts, servedVia })
 
   const intervalMs = Duration.toMillis(options.flushInterval)
   const ago = (now: number, at: number | undefined) => (at === undefined ? null : now - at)
@@ -480,10 +484,10 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
               partition,
               pollId,
               batchIds,
-              (counts, stored): ExactResults => ({
+              (counts, servedVia, applied): ExactResults => ({
                 counts,
-                servedVia: stored.servedVia,
-                appliedBatches: stored.appliedBatches.filter((id) => batchIds.includes(id))
+                servedVia,
+                appliedBatches: applied.filter((id) => batchIds.includes(id))
               }),
               1
             )

@@ -631,80 +631,48 @@ export const definePoll: fc.Arbitrary<Req> = fc
   .tuple(prefixArb, draftArb, connectionArb)
   .map(([prefix, draft, connection]) => defineReq(draft, prefix, connection))
 
+const validDraft = (id: string) => ({
+  id,
+  question: "q",
+  options: [
+    { id: "A", label: "a" },
+    { id: "B", label: "b" }
+  ]
+})
+
 /** Definitions the schema must refuse (400 invalid_poll). */
 export const invalidDefinition: fc.Arbitrary<Req> = fc
   .tuple(
     prefixArb,
     poolPoll,
+    // Each a valid definition with one thing wrong (the JSON keeps the valid one's key order).
     fc.constantFrom(
-      (id: string) => ({ id, question: "q", options: [{ id: "A", label: "a" }] }),
+      (id: string) => ({ ...validDraft(id), options: [{ id: "A", label: "a" }] }),
+      (id: string) => ({ ...validDraft(id), question: " " }),
       (id: string) => ({
-        id,
-        question: " ",
-        options: [
-          { id: "A", label: "a" },
-          { id: "B", label: "b" }
-        ]
-      }),
-      (id: string) => ({
-        id,
-        question: "q",
+        ...validDraft(id),
         options: [
           { id: "A", label: "a" },
           { id: "A", label: "b" }
         ]
       }),
       (id: string) => ({
-        id,
-        question: "q",
+        ...validDraft(id),
         options: [
           { id: "A", label: "" },
           { id: "B", label: "b" }
         ]
       }),
+      (id: string) => ({ ...validDraft(id), id: `${id}/x` }),
       (id: string) => ({
-        id: `${id}/x`,
-        question: "q",
-        options: [
-          { id: "A", label: "a" },
-          { id: "B", label: "b" }
-        ]
-      }),
-      (id: string) => ({
-        id,
-        question: "q",
+        ...validDraft(id),
         options: Array.from({ length: 65 }, (_, i) => ({ id: `o${i}`, label: "x" }))
       }),
+      (id: string) => ({ ...validDraft(id), one_vote_per_voter: "yes" }),
+      (id: string) => ({ ...validDraft(id), closes_at: "tomorrow" }),
+      (id: string) => ({ ...validDraft(id), extra: 1 }),
       (id: string) => ({
-        id,
-        question: "q",
-        options: [
-          { id: "A", label: "a" },
-          { id: "B", label: "b" }
-        ],
-        one_vote_per_voter: "yes"
-      }),
-      (id: string) => ({
-        id,
-        question: "q",
-        options: [
-          { id: "A", label: "a" },
-          { id: "B", label: "b" }
-        ],
-        closes_at: "tomorrow"
-      }),
-      (id: string) => ({
-        id,
-        question: "q",
-        options: [
-          { id: "A", label: "a" },
-          { id: "B", label: "b" }
-        ],
-        extra: 1
-      }),
-      (id: string) => ({
-        id,
-        question: "q",
+        ...validDraft(id),
         options: [
           { id: "A b", label: "a" },
           { id: "B", label: "b" }
