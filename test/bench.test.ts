@@ -313,7 +313,8 @@ describe("npm run bench", () => {
     const run = harness(["--duration", "30", "--stages", "batched", "--workloads", "hot", "--out", outDir()])
     // Interrupt mid-measurement: the first server measured is the bare node:http one, with Redis already up.
     const deadline = Date.now() + 20_000
-    while (!leftovers(run.marker).some((p) => /\bwrk /.test(p))) {
+    // A load run has its script (-s); `wrk -v`, the start-up check that wrk is installed, has none.
+    while (!leftovers(run.marker).some((p) => /\bwrk .* -s /.test(p))) {
       if (Date.now() > deadline) throw new Error(`wrk never started:\n${run.stderr()}`)
       await sleep(50)
     }
