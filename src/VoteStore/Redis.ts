@@ -15,17 +15,17 @@ const batchKey = (batchId: string) => `livepoll:batch:${batchId}`
 export const votersKey = (pollId: string) => `poll:{${pollId}}:voters`
 
 /** How long a node remembers an applied batch id; far longer than any retry of that batch can take. */
-const BATCH_MEMORY_SECONDS = 24 * 60 * 60
+export const BATCH_MEMORY_SECONDS = 24 * 60 * 60
 
 // KEYS: the counts hash. ARGV: option, option cap, deadline. -1: the poll is at its cap; -2: arrived too late.
-const VOTE_SCRIPT = `${RedisClient.fence(3)}
+export const VOTE_SCRIPT = `${RedisClient.fence(3)}
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 or redis.call('HLEN', KEYS[1]) < tonumber(ARGV[2]) then
   return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 end
 return -1`
 
 // KEYS: the counts hash, the voters set. ARGV: option, voter, deadline. The record and the count, or neither.
-const VOTE_ONCE_SCRIPT = `${RedisClient.fence(3)}
+export const VOTE_ONCE_SCRIPT = `${RedisClient.fence(3)}
 if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 return 1`
@@ -46,7 +46,7 @@ return 1`
 
 // KEYS: the counts hash, then one batch marker per batch asked about. Reads both in one step, so the answer
 // "which of these batches are in these counts" is exact.
-const RESULTS_SCRIPT = `
+export const RESULTS_SCRIPT = `
 local applied = {}
 for k = 2, #KEYS do
   if redis.call('EXISTS', KEYS[k]) == 1 then applied[#applied + 1] = k - 1 end
@@ -64,7 +64,7 @@ interface LivepollRedis extends Redis {
 export type RedisOptions = RedisClient.RedisNode
 
 // KEYS: counts hashes. The field names of each, in order.
-const OPTIONS_SCRIPT = `
+export const OPTIONS_SCRIPT = `
 local out = {}
 for i = 1, #KEYS do out[i] = redis.call('HKEYS', KEYS[i]) end
 return out`
@@ -89,7 +89,7 @@ const batchArgs = (batch: Batch): Array<string | number> => {
   return [keys.length, ...keys, ...argv]
 }
 
-const toCounts = (flat: ReadonlyArray<string>): Record<string, number> => {
+export const toCounts = (flat: ReadonlyArray<string>): Record<string, number> => {
   const counts = newCounts()
   for (let i = 0; i + 1 < flat.length; i += 2) counts[flat[i]!] = Number(flat[i + 1])
   return counts

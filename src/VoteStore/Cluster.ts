@@ -1,0 +1,414 @@
+import { Duration, Effect, Exit, Layer, Runtime, Scope } from "effect"
+import { Cluster, type ClusterOptions, type Redis } from "ioredis"
+import type { OptionId, PollId, VoteError } from "../Domain.js"
+import { AlreadyVoted, MAX_OPTIONS_PER_POLL, newCounts, StoreUnavailable, TooManyOptions } from "../Domain.js"
+import { Metrics } from "../Metrics.js"
+import * as RedisClient from "../RedisClient.js"
+import { type Batch, MAX_POLLS_PER_BATCH, VoteStore, type VoteStoreShape } from "../VoteStore.js"
+import {
+  BATCH_MEMORY_SECONDS,
+  countsKey,
+  OPTIONS_SCRIPT,
+  RESULTS_SCRIPT,
+  toCounts,
+  VOTE_ONCE_SCRIPT,
+  VOTE_SCRIPT,
+  votersKey
+} from "./Redis.js"
+
+/** `served_via` of every read, and the name the cluster's calls fail under. */
+export const REDIS_CLUSTER = "redis_cluster"
+
+const SLOTS = 16_384
+/**
+ * Write-behind partitions: contiguous ranges of slots. A master serves a few ranges, so its outage stalls the queues
+ * of its ranges only; each batch is split per poll anyway, so more queues would buy nothing.
+ */
+export const SLOT_GROUPS = 16
+/** The start waits at most this long for the cluster; a cluster that is down does not hold it up. */
+const READY_WAIT_MS = 1000
+
+export interface ClusterStoreOptions {
+  /** Any nodes of the cluster (`redis://host:port`); the rest are found from them. */
+  readonly seeds: ReadonlyArray<string>
+  /** Replicas that must hold a batch part (`WAIT`) before `applyBatch` succeeds; 0: no `WAIT`. */
+  readonly waitReplicas: number
+  /** How long a command may go unanswered before it fails; RedisClient.COMMAND_TIMEOUT_MS if unset. */
+  readonly commandTimeoutMs?: number
+  /** How long `WAIT` waits for the replicas; half the command time-out if unset, so its answer comes back in time. */
+  readonly waitTimeoutMs?: number
+}
+
+/** A batch marker lives in its poll's slot, so one script checks it and applies that poll's part. */
+const batchKey = (pollId: string, batchId: string) => `poll:{${pollId}}:batch:${batchId}`
+
+// KEYS: the batch marker, the counts hash (one slot). ARGV: marker ttl, then field, amount, ... 1: applied; 0: a
+// repeat. A repeat renews the marker: a write, so the WAIT that follows covers the first application too (WAIT counts
+// replicas that have a connection's last write, and the first may have gone over another connection or to the
+// master this node has replaced).
+const APPLY_PART_SCRIPT = `
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  return 0
+end
+for a = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[a], ARGV[a + 1]) end
+return 1`
+
+interface Scripts {
+  livepollVote(key: string, option: string, max: number, deadline: number): Promise<number>
+  livepollVoteOnce(counts: string, voters: string, option: string, voter: string, deadline: number): Promise<number>
+  livepollResults(numKeys: number, ...keys: Array<string>): Promise<[Array<string>, Array<number>]>
+  livepollOptions(numKeys: number, ...keys: Array<string>): Promise<Array<Array<string>>>
+}
+
+type LivepollCluster = Cluster & Scripts
+
+interface PartPipeline {
+  livepollApplyPart(marker: string, counts: string, ttl: number, ...amounts: Array<string | number>): PartPipeline
+  wait(replicas: number, timeoutMs: number): PartPipeline
+  exec(): Promise<Array<[Error | null, unknown]> | null>
+}
+
+const CRC16_TABLE = (() => {
+  const table = new Uint16Array(256)
+  for (let i = 0; i < 256; i++) {
+    let crc = i << 8
+    for (let bit = 0; bit < 8; bit++) crc = crc & 0x8000 ? (crc << 1) ^ 0x1021 : crc << 1
+    table[i] = crc & 0xffff
+  }
+  return table
+})()
+
+/**
+ * The slot of a poll's keys: CRC16 (XMODEM) of the hash tag, that is the poll id (ids have no braces), mod 16384.
+ * Computed here because ioredis keeps its own (`cluster-key-slot`) to itself.
+ */
+export const slotOf = (pollId: string): number => {
+  let crc = 0
+  for (const byte of Buffer.from(pollId)) crc = ((crc << 8) & 0xffff) ^ CRC16_TABLE[((crc >> 8) ^ byte) & 0xff]!
+  return crc % SLOTS
+}
+
+export const partitionOf = (pollId: string): string =>
+  `slot-group-${Math.floor((slotOf(pollId) * SLOT_GROUPS) / SLOTS)}`
+
+/** A node's address as ioredis names it in `slots` and its pool. */
+const nodeKey = (node: Redis) => `${node.options.host}:${node.options.port}`
+
+const startupNodes = (seeds: ReadonlyArray<string>) =>
+  seeds.map((seed) => {
+    const url = new URL(seed)
+    return { host: url.hostname, port: url.port === "" ? 6379 : Number(url.port) }
+  })
+
+/** Credentials of the first seed, for every node: ioredis gives a seed URL's password to that seed only. */
+const credentials = (seeds: ReadonlyArray<string>) => {
+  const url = seeds[0] === undefined ? undefined : new URL(seeds[0])
+  return {
+    ...(url?.username ? { username: decodeURIComponent(url.username) } : {}),
+    ...(url?.password ? { password: decodeURIComponent(url.password) } : {})
+  }
+}
+
+interface ConnectOptions {
+  readonly autoPipelining?: boolean
+  /** Which of the store's clients: in logs. */
+  readonly role: string
+}
+
+/**
+ * An ioredis Cluster client in the current scope, quit when the scope closes. Commands fail at once while the cluster
+ * is not ready (no offline queue: its commands would ignore the command time-out, ioredis#1604) and each command
+ * times out on its node; nodes that drop are reconnected by themselves (by default ioredis waits for a MOVED).
+ */
+const acquire = (options: ClusterStoreOptions, connect: ConnectOptions) =>
+  Effect.gen(function* () {
+    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    const clusterOptions: ClusterOptions = {
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      enableAutoPipelining: connect.autoPipelining === true,
+      clusterRetryStrategy: (attempt) => Math.min(attempt * 100, 1000),
+      clusterNodeRetryStrategy: (attempt) => Math.min(attempt * 100, 1000),
+      redisOptions: {
+        ...credentials(options.seeds),
+        commandTimeout: RedisClient.commandTimeoutOf(options),
+        connectTimeout: READY_WAIT_MS,
+        maxRetriesPerRequest: 1
+      }
+    }
+    const client = yield* Effect.acquireRelease(
+      Effect.sync(() => new Cluster(startupNodes(options.seeds), clusterOptions)),
+      (client) =>
+        (client.status === "ready" ? Effect.promise(() => client.quit()) : Effect.void).pipe(
+          Effect.interruptible,
+          Effect.timeout(Duration.seconds(1)),
+          Effect.ignore,
+          Effect.ensuring(Effect.sync(() => client.disconnect()))
+        )
+    )
+    let ready: boolean | undefined = undefined
+    client.on("ready", () => {
+      ready = true
+      runFork(
+        Effect.logInfo(`redis cluster connected (${connect.role})`).pipe(Effect.annotateLogs("seeds", options.seeds))
+      )
+    })
+    const lost = (error: Error) => {
+      if (ready !== false) {
+        ready = false
+        runFork(Effect.logWarning(`redis cluster unreachable (${connect.role}): ${error.message}`))
+      }
+    }
+    client.on("error", lost)
+    client.on("node error", (error: Error, key: string) =>
+      runFork(Effect.logDebug(`redis cluster node ${key}: ${error.message}`))
+    )
+    yield* Effect.async<void>((resume) => {
+      const timer = setTimeout(() => resume(Effect.void), READY_WAIT_MS)
+      client.connect().then(
+        () => {
+          clearTimeout(timer)
+          resume(Effect.void)
+        },
+        (error: Error) => {
+          clearTimeout(timer)
+          lost(error)
+          resume(Effect.void)
+        }
+      )
+    })
+    return client
+  })
+
+const withScripts = (client: Cluster): LivepollCluster => {
+  client.defineCommand("livepollVote", { numberOfKeys: 1, lua: VOTE_SCRIPT })
+  client.defineCommand("livepollVoteOnce", { numberOfKeys: 2, lua: VOTE_ONCE_SCRIPT })
+  client.defineCommand("livepollResults", { lua: RESULTS_SCRIPT })
+  client.defineCommand("livepollOptions", { lua: OPTIONS_SCRIPT })
+  client.defineCommand("livepollApplyPart", { numberOfKeys: 2, lua: APPLY_PART_SCRIPT })
+  return client as LivepollCluster
+}
+
+/**
+ * Each node's clock as this process sees it (RedisClient.serverClock per node), so a vote's fence deadline is on the
+ * clock of the master that runs it; 0 (no fence) for a node not measured yet.
+ */
+const nodeClocks = (client: Cluster, timeoutMs: number) =>
+  Effect.gen(function* () {
+    const runSync = Runtime.runSync(yield* Effect.runtime<never>())
+    const clocks = new Map<string, { readonly deadline: () => number; readonly scope: Scope.CloseableScope }>()
+    const forget = (key: string) => {
+      const clock = clocks.get(key)
+      if (clock === undefined) return
+      clocks.delete(key)
+      runSync(Scope.close(clock.scope, Exit.void))
+    }
+    const add = (node: Redis) => {
+      const key = nodeKey(node)
+      forget(key)
+      const scope = runSync(Scope.make())
+      const clock = runSync(Scope.extend(RedisClient.serverClock(node, timeoutMs), scope))
+      clocks.set(key, { deadline: clock.deadline, scope })
+    }
+    client.on("+node", add)
+    client.on("-node", (node: Redis) => {
+      if (clocks.get(nodeKey(node)) !== undefined) forget(nodeKey(node))
+    })
+    for (const node of client.nodes("all")) add(node)
+    yield* Effect.addFinalizer(() => Effect.sync(() => [...clocks.keys()].forEach(forget)))
+    return (slot: number): number => {
+      const master = client.slots[slot]?.[0]
+      return master === undefined ? 0 : (clocks.get(master)?.deadline() ?? 0)
+    }
+  })
+
+/** Node client states in which a PING is sent (a lazily connected node connects for it) rather than queued. */
+const PINGABLE = new Set(["ready", "wait", "connect", "connecting"])
+
+const isRedirect = (error: Error) => error.message.startsWith("MOVED") || error.message.startsWith("ASK")
+
+/** Polls keyed by a value, grouped by a key of each poll. */
+const groupBy = <V>(entries: Iterable<readonly [PollId, V]>, keyOf: (pollId: PollId) => string | number) => {
+  const groups = new Map<string | number, Array<readonly [PollId, V]>>()
+  for (const entry of entries) {
+    const key = keyOf(entry[0])
+    let group = groups.get(key)
+    if (group === undefined) groups.set(key, (group = []))
+    group.push(entry)
+  }
+  return groups
+}
+
+export const make = Effect.fn("VoteStore.cluster.make")(function* (options: ClusterStoreOptions) {
+  const timeoutMs = RedisClient.commandTimeoutOf(options)
+  // The cluster's error counters exist from the start, at 0 until a command fails (see RedisClient.caller).
+  ;(yield* Metrics).redisNode(REDIS_CLUSTER)
+  const waitTimeoutMs = options.waitTimeoutMs ?? Math.floor(timeoutMs / 2)
+  const client = withScripts(yield* acquire(options, { role: "commands" }))
+  // One-vote-per-voter votes are never buffered: concurrent ones share a round trip per node.
+  const pipelined = withScripts(yield* acquire(options, { role: "voters", autoPipelining: true }))
+  // WAIT blocks its connection until the replicas answer: batches get connections of their own, so votes and reads
+  // never queue behind it.
+  const flusher = withScripts(yield* acquire(options, { role: "batches" }))
+  const deadline = yield* nodeClocks(client, timeoutMs)
+  const call = RedisClient.caller({ name: REDIS_CLUSTER, commandTimeoutMs: timeoutMs })
+  const tooLate = new StoreUnavailable({ node: REDIS_CLUSTER, reason: "the vote reached the node after its deadline" })
+
+  /**
+   * The parts of one batch for polls whose slots the same master serves: one script each, then one WAIT, in one
+   * cluster pipeline (its keyless WAIT goes to the node its keys go to). A repeat finds each part's marker and adds
+   * nothing, so the batch can be retried after any failure, on whichever node serves the slot by then.
+   */
+  const applyParts = (batchId: string, parts: ReadonlyArray<readonly [PollId, ReadonlyMap<OptionId, number>]>) => {
+    const master = flusher.slots[slotOf(parts[0]![0])]?.[0] ?? "unknown master"
+    const what = `apply batch ${batchId} on ${master}`
+    return Effect.flatMap(
+      call(what, () => {
+        const pipeline = flusher.pipeline() as unknown as PartPipeline
+        for (const [pollId, increments] of parts) {
+          const amounts: Array<string | number> = []
+          for (const [optionId, n] of increments) amounts.push(optionId, n)
+          pipeline.livepollApplyPart(batchKey(pollId, batchId), countsKey(pollId), BATCH_MEMORY_SECONDS, ...amounts)
+        }
+        if (options.waitReplicas > 0) pipeline.wait(options.waitReplicas, waitTimeoutMs)
+        return pipeline.exec()
+      }),
+      (replies): Effect.Effect<void, StoreUnavailable> => {
+        if (replies === null) return new StoreUnavailable({ node: REDIS_CLUSTER, reason: `${what}: no reply` })
+        const failed = replies.find(([error]) => error !== null)?.[0]
+        if (failed) {
+          // A pipeline that was partly redirected is not resent by ioredis, nor does it refresh the slot map.
+          if (replies.some(([error]) => error !== null && isRedirect(error))) flusher.refreshSlotsCache()
+          return new StoreUnavailable({ node: REDIS_CLUSTER, reason: `${what} failed: ${failed.message}` })
+        }
+        if (options.waitReplicas > 0) {
+          const acked = Number(replies[parts.length]![1])
+          if (acked < options.waitReplicas) {
+            return new StoreUnavailable({
+              node: REDIS_CLUSTER,
+              reason: `${what}: ${acked} of ${options.waitReplicas} replicas confirmed it within ${waitTimeoutMs} ms`
+            })
+          }
+        }
+        return Effect.void
+      }
+    )
+  }
+
+  const store: VoteStoreShape = {
+    vote: (pollId: PollId, optionId: OptionId) =>
+      Effect.flatMap(
+        call("vote", () =>
+          client.livepollVote(countsKey(pollId), optionId, MAX_OPTIONS_PER_POLL, deadline(slotOf(pollId)))
+        ),
+        (result): Effect.Effect<void, VoteError> =>
+          result === -1 ? new TooManyOptions({ pollId }) : result === -2 ? tooLate : Effect.void
+      ),
+    voteOnce: (pollId, optionId, voterId) =>
+      Effect.flatMap(
+        call("vote", () =>
+          pipelined.livepollVoteOnce(countsKey(pollId), votersKey(pollId), optionId, voterId, deadline(slotOf(pollId)))
+        ),
+        (result): Effect.Effect<void, VoteError | AlreadyVoted> =>
+          result === 0 ? new AlreadyVoted({ pollId }) : result === -2 ? tooLate : Effect.void
+      ),
+    results: (pollId: PollId) =>
+      Effect.map(
+        call("results", () => client.hgetall(countsKey(pollId))),
+        (raw) => {
+          const counts = newCounts()
+          for (const field of Object.keys(raw)) counts[field] = Number(raw[field])
+          return { counts, servedVia: REDIS_CLUSTER }
+        }
+      ),
+    exactResults: (pollId: PollId, batchIds: ReadonlyArray<string>) =>
+      batchIds.length === 0
+        ? Effect.map(store.results(pollId), (r) => ({ ...r, appliedBatches: [] }))
+        : Effect.map(
+            call("results", () =>
+              client.livepollResults(
+                1 + batchIds.length,
+                countsKey(pollId),
+                ...batchIds.map((id) => batchKey(pollId, id))
+              )
+            ),
+            ([flat, applied]) => ({
+              counts: toCounts(flat),
+              servedVia: REDIS_CLUSTER,
+              appliedBatches: applied.map((i) => batchIds[i - 1]!)
+            })
+          ),
+    // A script may only touch keys of one slot: one read per slot, all at once, each to its slot's master.
+    optionsOf: (pollIds) =>
+      Effect.map(
+        Effect.forEach(
+          groupBy(
+            pollIds.map((pollId) => [pollId, pollId] as const),
+            slotOf
+          ).values(),
+          (group) => {
+            const polls = group.map(([pollId]) => pollId)
+            return Effect.map(
+              call("read options", () => client.livepollOptions(polls.length, ...polls.map(countsKey))),
+              (lists) => polls.map((pollId, i) => [pollId, lists[i] ?? []] as const)
+            )
+          },
+          { concurrency: "unbounded" }
+        ),
+        (groups) => new Map(groups.flat())
+      ),
+    applyBatch: Effect.fn("VoteStore.cluster.applyBatch")(function* (batch: Batch) {
+      if (batch.increments.size > MAX_POLLS_PER_BATCH) {
+        return yield* Effect.dieMessage(
+          `batch ${batch.id} has ${batch.increments.size} polls; at most ${MAX_POLLS_PER_BATCH}`
+        )
+      }
+      if (flusher.status !== "ready") {
+        return yield* new StoreUnavailable({ node: REDIS_CLUSTER, reason: `apply batch ${batch.id}: not connected` })
+      }
+      // One pipeline per master, as the client's slot map has it now; ioredis checks the same map when it sends.
+      const byMaster = groupBy(batch.increments, (pollId) => {
+        const slot = slotOf(pollId)
+        return flusher.slots[slot]?.join(";") ?? slot
+      })
+      yield* Effect.forEach(byMaster.values(), (parts) => applyParts(batch.id, parts), {
+        concurrency: "unbounded",
+        discard: true
+      })
+    }),
+    partitionOf,
+    health: Effect.suspend(() => {
+      // The masters ioredis is connected to, and the masters its slot map names: a master that dropped out of the
+      // pool still owns its slots until a replica takes them over.
+      const pool = new Map(client.nodes("all").map((node) => [nodeKey(node), node]))
+      const masters = new Set(client.nodes("master").map(nodeKey))
+      for (const owners of client.slots) if (owners?.[0] !== undefined) masters.add(owners[0])
+      if (masters.size === 0) {
+        return Effect.succeed({ nodes: [{ name: REDIS_CLUSTER, reachable: false }], pendingVotes: 0 })
+      }
+      return Effect.map(
+        Effect.forEach(
+          [...masters].sort(),
+          (name) => {
+            const node = pool.get(name)
+            // A node's own client queues commands while it reconnects (ioredis forces its offline queue on): a node
+            // that is reconnecting is down, without waiting out a PING.
+            if (node === undefined || !PINGABLE.has(node.status)) return Effect.succeed({ name, reachable: false })
+            return RedisClient.caller({ name, commandTimeoutMs: timeoutMs })("ping", () => node.ping()).pipe(
+              Effect.match({
+                onFailure: () => ({ name, reachable: false }),
+                onSuccess: () => ({ name, reachable: true })
+              })
+            )
+          },
+          { concurrency: "unbounded" }
+        ),
+        (nodes) => ({ nodes, pendingVotes: 0 })
+      )
+    })
+  }
+  return store
+})
+
+export const layer = (options: ClusterStoreOptions): Layer.Layer<VoteStore> => Layer.scoped(VoteStore, make(options))
