@@ -74,3 +74,71 @@ export const render = async (
     view.finalize()
   }
 }
+
+/** One reading of the app's own metrics during a measurement (bench/scrape.ts), as a point of the timeline. */
+export interface Point {
+  readonly stage: string
+  readonly workload: string
+  /** Which line: `buffered votes`, `flush batches` (so far) or `results cache hit ratio`. */
+  readonly metric: string
+  /** Seconds into the measurement. */
+  readonly at: number
+  readonly value: number
+}
+
+/** The metrics charted over time, in the order of their rows. */
+export const TIMELINE_METRICS = ["buffered votes", "flush batches", "results cache hit ratio"] as const
+
+/**
+ * What the app's `/metrics` said during each measurement: one row of panels per metric, one column per workload, a
+ * line per stage (a stage without a buffer or a results cache has no line in that row), as an SVG document.
+ */
+export const renderTimeline = async (
+  points: ReadonlyArray<Point>,
+  options: {
+    readonly stages: ReadonlyArray<string>
+    readonly workloads: ReadonlyArray<string>
+    readonly subtitle: ReadonlyArray<string>
+  }
+): Promise<string> => {
+  const spec: TopLevelSpec = {
+    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+    title: {
+      text: "livepoll during each measurement, as its GET /metrics reported it",
+      subtitle: [...options.subtitle],
+      anchor: "start"
+    },
+    // A point without a value for every panel: a facet lays out only the cells its data has, in order, so a workload
+    // without one of the lines (no reads, no cache) would shift the others into the wrong cells.
+    data: {
+      values: [
+        ...points,
+        ...TIMELINE_METRICS.flatMap((metric) =>
+          options.workloads.map((workload) => ({ stage: points[0]?.stage, workload, metric, at: null, value: null }))
+        )
+      ]
+    },
+    facet: {
+      row: { field: "metric", type: "nominal", sort: [...TIMELINE_METRICS], title: null },
+      column: { field: "workload", type: "nominal", sort: [...options.workloads], title: "workload" }
+    },
+    spec: {
+      width: 260,
+      height: 140,
+      mark: { type: "line", point: { size: 12 }, interpolate: "step-after" },
+      encoding: {
+        x: { field: "at", type: "quantitative", title: "seconds into the measurement" },
+        y: { field: "value", type: "quantitative", title: null, axis: { format: ",~r" } },
+        color: { field: "stage", type: "nominal", sort: [...options.stages], title: "stage" }
+      }
+    },
+    resolve: { scale: { y: "independent" } },
+    config: { font: "Helvetica, Arial, sans-serif", view: { stroke: "#ddd" } }
+  }
+  const view = new View(parse(compile(spec).spec), { renderer: "none" })
+  try {
+    return await view.toSVG()
+  } finally {
+    view.finalize()
+  }
+}

@@ -45,6 +45,8 @@ export interface Options {
   readonly fiberBaseline: boolean
   /** After each stage of the app, its peer (bench/peers/fastify.ts) in the same round, where it has one. */
   readonly peers: boolean
+  /** The app with its rate limits on (quotas no run reaches), to measure what checking them costs. */
+  readonly rateLimits: boolean
   /** Directory for latest.json and latest.svg. */
   readonly out: string
 }
@@ -64,6 +66,7 @@ export const defaults: Options = {
   pin: true,
   fiberBaseline: true,
   peers: true,
+  rateLimits: false,
   out: "bench/out"
 }
 
@@ -89,6 +92,8 @@ export const usage = `Usage: npm run bench -- [options]   (needs dist/: npm run 
   --no-fiber-baseline    skip the bare server that runs each request in an Effect fiber (what a fiber per request
                          costs, with nothing else of the app)
   --no-peers             skip the Fastify + ioredis peer of each stage (${PEER_STAGES.join(", ")})
+  --rate-limits          run the app with RATE_LIMIT=on and quotas no run reaches: what checking the limits costs
+                         (off by default: all the load comes from one address, which the limits exist to turn away)
   --out DIR              where latest.json and latest.svg go (default ${defaults.out}, not committed;
                          bench/results holds the committed results)
 `
@@ -174,6 +179,9 @@ export const parse = (argv: ReadonlyArray<string>): Options | undefined => {
         break
       case "--no-peers":
         options.peers = false
+        break
+      case "--rate-limits":
+        options.rateLimits = true
         break
       case "--out":
         options.out = value() ?? ""

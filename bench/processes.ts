@@ -303,8 +303,14 @@ export const snapshotBuild = (): string => {
   return join(dir, "dist", "main.js")
 }
 
-const envOf = (stage: string, nodes: ReadonlyArray<RedisNode>) => {
-  const env: Record<string, string> = { POLL_STAGE: stage }
+/**
+ * A stage's environment. Rate limits off unless measured (`--rate-limits`, with quotas no run reaches): all the load
+ * comes from one address (and the voters workload's voters from one client), which the per-client limit exists to
+ * turn away, and the peers have none.
+ */
+const RATE_LIMITS_ON = { RATE_LIMIT: "on", RATE_LIMIT_CLIENT: "1000000000", RATE_LIMIT_VOTER: "1000000000" }
+export const envOf = (stage: string, nodes: ReadonlyArray<RedisNode>, rateLimits = false) => {
+  const env: Record<string, string> = { POLL_STAGE: stage, ...(rateLimits ? RATE_LIMITS_ON : { RATE_LIMIT: "off" }) }
   if (nodes.length > 0) {
     env.REDIS_URL = nodes[0]!.url
     env.REDIS_NODES = nodes.map((n) => n.url).join(",")
@@ -316,12 +322,12 @@ const envOf = (stage: string, nodes: ReadonlyArray<RedisNode>) => {
  * `node dist/main.js` for one stage, with the default cache TTL and flush interval. Ready once `GET /` answers and,
  * with Redis behind it, `GET /health` too (the listener opens before the first Redis connection is made).
  */
-export const startApp = (stage: string, nodes: ReadonlyArray<RedisNode>): Promise<Server> =>
+export const startApp = (stage: string, nodes: ReadonlyArray<RedisNode>, rateLimits = false): Promise<Server> =>
   startServer(
     `the app (${stage})`,
     process.execPath,
     [snapshot === undefined ? APP_ENTRY : join(snapshot, "dist", "main.js")],
-    envOf(stage, nodes),
+    envOf(stage, nodes, rateLimits),
     nodes.length > 0 ? ["/", "/health"] : ["/"]
   )
 

@@ -1,5 +1,6 @@
 import type { CommandUse } from "./commandstats.js"
 import type { Latency } from "./load.js"
+import { type Scraped, summaryOf } from "./scrape.js"
 
 /** One measured line: a stage of the app, its Fastify peer, the bare node:http ceiling, or direct ioredis. */
 export interface Row {
@@ -50,6 +51,8 @@ export interface Row {
   readonly exitCode: number | null
   /** The server's last lines of output, when it did not exit cleanly. */
   readonly log?: string
+  /** A stage of the app: its `GET /metrics` read during the measurement (bench/scrape.ts). */
+  readonly metrics?: Scraped
 }
 
 export interface RssCheck {
@@ -74,6 +77,8 @@ export interface RssCheck {
   readonly exitCode: number | null
   /** The server's last lines of output, when it did not exit cleanly. */
   readonly log?: string
+  /** Its `GET /metrics` read while the votes went in. */
+  readonly metrics?: Scraped
 }
 
 export interface Target {
@@ -213,6 +218,39 @@ export const formatRss = (checks: ReadonlyArray<RssCheck>): string =>
       fixed(c.otherCores, 2)
     ]),
     1
+  )
+
+/** What the app's own metrics said during each of its measurements: one line per row of the app (and memory check). */
+export const formatMetrics = (
+  measured: ReadonlyArray<{ readonly workload: string; readonly stage: string; readonly metrics?: Scraped }>
+): string =>
+  table(
+    [
+      "workload",
+      "stage",
+      "readings",
+      "peak buffered votes",
+      "flush batches",
+      "failed",
+      "cache hit ratio",
+      "loop p99 ms"
+    ],
+    measured.flatMap(({ workload, stage, metrics }) => {
+      if (metrics === undefined) return []
+      const s = summaryOf(metrics)
+      return [
+        [
+          workload,
+          stage,
+          String(s.readings),
+          s.peakBufferedVotes === null ? "-" : thousands(s.peakBufferedVotes),
+          s.flushBatches === null ? "-" : String(s.flushBatches),
+          s.flushFailures === null ? "-" : String(s.flushFailures),
+          fixed(s.cacheHitRatio, 3),
+          fixed(s.maxEventLoopP99Ms, 1)
+        ]
+      ]
+    })
   )
 
 /**

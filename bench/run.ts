@@ -15,8 +15,10 @@ import * as Pin from "./pin.js"
 import { type Options, parse, PEER_STAGES, RSS_STAGES, type Stage, type ThroughputWorkload, usage } from "./options.js"
 import * as Proc from "./proc.js"
 import * as Processes from "./processes.js"
+import * as Scrape from "./scrape.js"
 import {
   bareCheck,
+  formatMetrics,
   formatRows,
   formatRss,
   formatTargets,
@@ -109,10 +111,13 @@ const measure = async (
   const monitors = await watchAll(options, redisNodes)
   const before = admins.length > 0 ? await Commandstats.readAll(admins) : undefined
   const watcher = Proc.watch(server.pid, SAMPLE_MS)
+  // The app's own view of the window: its /metrics, read beside the load (only the app has them).
+  const scraper = kind === "stage" ? Scrape.watch(server.url) : undefined
   const other = Proc.otherLoad()
   const load = await Load.drive(server.url, workload, { ...drive, seconds: options.duration })
   const otherCores = other()
   const samples = watcher.stop()
+  const scraped = await scraper?.stop()
   const exitCode = await server.stop()
   if (exitCode !== 0) log(`${name} exited with code ${exitCode}; its last lines:\n${lastLines(server.output())}`)
   // After the exit, so the final flush of a write-behind buffer is counted with the votes it carries.
@@ -140,7 +145,8 @@ const measure = async (
     loadCores: load.loadCores,
     otherCores: otherCores ?? null,
     exitCode,
-    ...(exitCode !== 0 ? { log: lastLines(server.output()) } : {})
+    ...(exitCode !== 0 ? { log: lastLines(server.output()) } : {}),
+    ...(scraped === undefined ? {} : { metrics: { intervalMs: Scrape.SCRAPE_MS, ...scraped } })
   }
 }
 
@@ -150,7 +156,9 @@ const peerName = (stage: Stage) => `fastify ${stage}`
 const runStage = async (options: Options, stage: Stage, workload: ThroughputWorkload, nodes: Nodes, peer = false) => {
   await flushAll(nodes)
   const redisNodes = nodesOf(stage, nodes)
-  const server = await (peer ? Processes.startPeer : Processes.startApp)(stage, redisNodes)
+  const server = await (peer
+    ? Processes.startPeer(stage, redisNodes)
+    : Processes.startApp(stage, redisNodes, options.rateLimits))
   try {
     return await measure(
       options,
@@ -233,6 +241,7 @@ const runRss = async (options: Options, stage: Stage, nodes: Nodes): Promise<Rss
       distinctPolls: options.rssVotes
     })
     const watcher = Proc.watch(app.pid, 500, running.completed)
+    const scraper = Scrape.watch(app.url)
     const other = Proc.otherLoad()
     const progress = setInterval(
       () =>
@@ -244,6 +253,7 @@ const runRss = async (options: Options, stage: Stage, nodes: Nodes): Promise<Rss
     const load = await running.done.finally(() => clearInterval(progress))
     const otherCores = other()
     const samples = watcher.stop()
+    const scraped = await scraper.stop()
     const exitCode = await app.stop()
     if (exitCode !== 0) log(`${stage} exited with code ${exitCode}; its last lines:\n${lastLines(app.output())}`)
     const redis = Commandstats.use(before, await Commandstats.readAll(admins), load.ok, await stopAll(monitors))
@@ -272,7 +282,8 @@ const runRss = async (options: Options, stage: Stage, nodes: Nodes): Promise<Rss
         .map((s) => ({ votes: s.note, rssMb: Math.round(s.rssMb * 10) / 10 })),
       otherCores: otherCores ?? null,
       exitCode,
-      ...(exitCode !== 0 ? { log: lastLines(app.output()) } : {})
+      ...(exitCode !== 0 ? { log: lastLines(app.output()) } : {}),
+      metrics: { intervalMs: Scrape.SCRAPE_MS, ...scraped }
     }
   } finally {
     await app.stop()
@@ -453,6 +464,7 @@ const main = async (argv: ReadonlyArray<string>) => {
       otherCores:
         "cores kept busy during the window by processes other than the harness and those it started (the machine's busy time in /proc/stat minus our process tree's): other work on a shared machine; near 0 when the machine was quiet",
       redisServer: `redis-server with AOF on, appendfsync ${options.fsync}, on loopback; the load generator (wrk, ${threads} thread${threads === 1 ? "" : "s"}, keep-alive connections) runs on the same machine`,
+      metrics: `rows of the app and memory checks: its GET /metrics read every ${Scrape.SCRAPE_MS} ms during the measured window (bench/scrape.ts), outside wrk's load and not counted in it (the app's CPU time includes answering them); each reading has the buffered votes and entries (every node; null without a write-behind buffer), the flush batches and failures, and the results cache's hits and misses since the first reading, the results and definitions caches' hit ratios since the previous reading (null when nothing was looked up), and the event loop's p99 delay in ms`,
       pinning:
         "CPUs (taskset lists) of the harness, which runs the direct ioredis baselines and starts wrk and redis-server (they inherit its CPUs), and of every server under test, each alone on its CPU; null: not pinned, the kernel placed everything"
     },
@@ -486,6 +498,23 @@ const main = async (argv: ReadonlyArray<string>) => {
     })
     writeFileSync(join(out, "latest.svg"), svg)
   }
+  const points = [
+    ...rows.flatMap((r) =>
+      r.kind === "stage" && r.metrics !== undefined ? Scrape.pointsOf(r.name, r.workload, r.metrics.readings) : []
+    ),
+    ...rss.flatMap((c) => (c.metrics === undefined ? [] : Scrape.pointsOf(c.stage, "spread1m", c.metrics.readings)))
+  ]
+  const timeline = points.length > 0
+  if (timeline) {
+    const svg = await Chart.renderTimeline(points, {
+      stages: options.stages,
+      workloads: [...throughput, ...(rss.length > 0 ? ["spread1m"] : [])],
+      subtitle: [
+        `GET /metrics every ${Scrape.SCRAPE_MS} ms during each measured window; wrk, ${options.connections} connections; flush batches counted from the window's start; cache hit ratio per reading; ${report.date.slice(0, 10)}`
+      ]
+    })
+    writeFileSync(join(out, "latest-metrics.svg"), svg)
+  }
 
   const print = (text: string) => process.stdout.write(`${text}\n`)
   print(
@@ -503,8 +532,16 @@ const main = async (argv: ReadonlyArray<string>) => {
     print(`${r.workload} ${r.name}: runs of ${runs} req/s; the row is the median`)
   }
   if (rss.length > 0) print(`\n${formatRss(rss)}`)
+  const scrapedRows = [
+    ...rows.flatMap((r) => (r.kind === "stage" && r.stage !== null ? [{ ...r, stage: r.stage }] : [])),
+    ...rss.map((c) => ({ ...c, workload: "spread1m" }))
+  ]
+  if (scrapedRows.some((r) => r.metrics !== undefined)) {
+    print(`\nthe app's /metrics during each measurement:\n${formatMetrics(scrapedRows)}`)
+  }
   if (met.length > 0) print(`\ntargets:\n${formatTargets(met)}`)
-  print(`\nwrote ${join(options.out, "latest.json")}${charted ? ` and ${join(options.out, "latest.svg")}` : ""}`)
+  const written = ["latest.json", ...(charted ? ["latest.svg"] : []), ...(timeline ? ["latest-metrics.svg"] : [])]
+  print(`\nwrote ${written.map((file) => join(options.out, file)).join(", ")}`)
   const troubled = [...rows, ...rss].filter((r) => r.exitCode !== null && r.exitCode !== 0)
   for (const r of troubled) {
     const what = "name" in r ? `${r.name}/${r.workload}` : `${r.stage}/spread1m`

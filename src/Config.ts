@@ -1,8 +1,11 @@
 import { Config, ConfigError, Either, Option } from "effect"
 
-export const STAGES = ["memory", "redis", "cached", "batched", "sharded", "full"] as const
+export const STAGES = ["memory", "redis", "cached", "batched", "sharded", "full", "cluster"] as const
 
 export type Stage = (typeof STAGES)[number]
+
+export const RATE_LIMIT_MODES = ["auto", "on", "off"] as const
+export const LOG_FORMATS = ["json", "logfmt"] as const
 
 export interface RedisNode {
   readonly name: string
@@ -21,6 +24,18 @@ const parseRedisUrl = (text: string): Either.Either<string, string> => {
 }
 
 const portOf = (url: string) => new URL(url).port || "6379"
+
+/** `REDIS_CLUSTER`: seed nodes, comma-separated `redis://host:port`. */
+export const parseSeeds = (text: string): Either.Either<ReadonlyArray<string>, string> => {
+  const seeds: Array<string> = []
+  for (const entry of text.split(",").map((e) => e.trim())) {
+    if (entry === "") return Either.left("has an empty entry")
+    const url = parseRedisUrl(entry)
+    if (Either.isLeft(url)) return Either.left(url.left)
+    seeds.push(url.right)
+  }
+  return Either.right(seeds)
+}
 
 /** `REDIS_NODES` entries: `URL` or `NAME=URL`; an unnamed node is called `redis_<port>`. */
 export const parseRedisNodes = (text: string): Either.Either<ReadonlyArray<RedisNode>, string> => {
@@ -103,6 +118,37 @@ const SETTINGS = {
         parseRedisNodes
       ),
     (nodes) => nodes.map((n) => `${n.name}=${n.url}`).join(",")
+  ),
+  redisCluster: setting(
+    "REDIS_CLUSTER",
+    (env) =>
+      Config.option(
+        validated(
+          Config.string(env).pipe(
+            Config.withDescription("seed nodes of the cluster stage's Redis Cluster, comma-separated redis:// URLs")
+          ),
+          env,
+          parseSeeds
+        )
+      ),
+    (seeds) => Option.match(seeds, { onNone: () => "none", onSome: (s) => s.join(",") })
+  ),
+  redisWaitReplicas: setting(
+    "REDIS_WAIT_REPLICAS",
+    (env) =>
+      Config.option(
+        validated(
+          Config.integer(env).pipe(
+            Config.withDescription(
+              "replicas that must hold a flushed batch (WAIT) before the buffer forgets it (cluster stage); unset: 1 " +
+                "if the cluster's masters have replicas when the app starts, else 0"
+            )
+          ),
+          env,
+          (n) => (n >= 0 && n <= 5 ? Either.right(n) : Either.left(`must be from 0 to 5, got ${n}`))
+        )
+      ),
+    (n) => Option.match(n, { onNone: () => "auto", onSome: String })
   ),
   // Above the 300 ms a fenced script keeps for its answer to come back and, with the 200 ms second guard on top,
   // still under the contract's 2 s to a 503.
@@ -241,10 +287,64 @@ const SETTINGS = {
   ),
   drainMs: setting("SHUTDOWN_DRAIN_MS", (env) =>
     timeout(env, 3000, "how long shutdown waits for open requests before it closes their connections")
+  ),
+  rateLimit: setting("RATE_LIMIT", (env) =>
+    Config.literal(...RATE_LIMIT_MODES)(env).pipe(
+      Config.withDefault("auto" as const),
+      Config.withDescription(
+        "per-client rate limits: on, off, or auto (on in every stage but memory, shared by the instances through Redis)"
+      )
+    )
+  ),
+  rateLimitWindowMs: setting("RATE_LIMIT_WINDOW_MS", (env) =>
+    bounded(env, 60_000, 1000, "the window the rate limits' quotas are counted over", 24 * 60 * 60 * 1000)
+  ),
+  rateLimitClient: setting("RATE_LIMIT_CLIENT", (env) =>
+    bounded(
+      env,
+      1200,
+      0,
+      "requests one client address may make per window (GET /, /metrics and the docs are exempt); 0: no such limit"
+    )
+  ),
+  rateLimitVoter: setting("RATE_LIMIT_VOTER", (env) =>
+    bounded(env, 30, 0, "votes one voter id may cast per window, from any address; 0: no such limit")
+  ),
+  trustProxy: setting("TRUST_PROXY", (env) =>
+    bounded(
+      env,
+      0,
+      0,
+      "proxies in front of the app that append to X-Forwarded-For; the client is the address that many entries " +
+        "from its end. 0: the header is ignored and the client is the connection's address",
+      16
+    )
+  ),
+  logFormat: setting("LOG_FORMAT", (env) =>
+    Config.literal(...LOG_FORMATS)(env).pipe(
+      Config.withDefault("json" as const),
+      Config.withDescription("log lines as JSON objects, or as logfmt (npm run dev)")
+    )
+  ),
+  accessLogSample: setting("ACCESS_LOG_SAMPLE", (env) =>
+    validated(
+      Config.number(env).pipe(
+        Config.withDefault(0),
+        Config.withDescription(
+          "the share (0 to 1) of votes, results reads, streams and probes that get an access log line; requests " +
+            "that define, close, list or export polls always get one"
+        )
+      ),
+      env,
+      (n) => (n >= 0 && n <= 1 ? Either.right(n) : Either.left(`must be between 0 and 1, got ${n}`))
+    )
   )
 }
 
 type Settings = typeof SETTINGS
+
+/** `LOG_FORMAT` alone: the logger is chosen before the rest of the config is read (and reports it if it is bad). */
+export const LogFormat = SETTINGS.logFormat.config
 
 /** Every environment variable the app reads. */
 export const VARIABLES: ReadonlyArray<string> = Object.values(SETTINGS).map((s) => s.env)
@@ -257,17 +357,31 @@ const settings = Config.all(
 
 // The headers are part of the request: node:http refuses to start with a headers deadline past the request's.
 export const AppConfig = Config.mapOrFail(settings, (c) =>
-  c.headersTimeoutMs <= c.requestTimeoutMs
-    ? Either.right(c)
-    : Either.left(
+  c.headersTimeoutMs > c.requestTimeoutMs
+    ? Either.left(
         ConfigError.InvalidData(
           ["HEADERS_TIMEOUT_MS"],
           `must not exceed REQUEST_TIMEOUT_MS (${c.requestTimeoutMs}), got ${c.headersTimeoutMs}`
         )
       )
+    : c.stage === "cluster" && Option.isNone(c.redisCluster)
+      ? Either.left(
+          ConfigError.InvalidData(["REDIS_CLUSTER"], "must name the cluster's seed nodes for POLL_STAGE=cluster")
+        )
+      : Either.right(c)
 )
 
 export type AppConfig = Config.Config.Success<typeof AppConfig>
+
+/** The rate limits in force, or undefined when off (`RATE_LIMIT`; auto: on where a Redis shares them). */
+export const rateLimitsOf = (c: AppConfig) =>
+  c.rateLimit === "off" ||
+  (c.rateLimit === "auto" && c.stage === "memory") ||
+  (c.rateLimitClient === 0 && c.rateLimitVoter === 0)
+    ? undefined
+    : { windowMs: c.rateLimitWindowMs, client: c.rateLimitClient, voter: c.rateLimitVoter }
+
+export type RateLimits = NonNullable<ReturnType<typeof rateLimitsOf>>
 
 /** The bounds of the HTTP listener as configured; `effectiveLimits` fits them to the process. */
 export type ConnectionLimits = Pick<AppConfig, "maxConnections" | "maxStreams">

@@ -19,11 +19,17 @@ const textId = (max: number, allowed: RegExp, described: string) => {
 
 const Identifier = textId(64, /^[A-Za-z0-9_.-]+$/, "A-Z a-z 0-9 _ - .")
 
-export const PollId = Identifier.schema.pipe(Schema.brand("PollId"))
+const ID_DESCRIPTION = "1-64 characters of A-Z a-z 0-9 _ - ."
+
+export const PollId = Identifier.schema.pipe(
+  Schema.brand("PollId", { identifier: "PollId", title: "PollId", description: ID_DESCRIPTION })
+)
 export type PollId = typeof PollId.Type
 export const isPollId = (u: unknown): u is PollId => Identifier.is(u)
 
-export const OptionId = Identifier.schema.pipe(Schema.brand("OptionId"))
+export const OptionId = Identifier.schema.pipe(
+  Schema.brand("OptionId", { identifier: "OptionId", title: "OptionId", description: ID_DESCRIPTION })
+)
 export type OptionId = typeof OptionId.Type
 export const isOptionId = (u: unknown): u is OptionId => Identifier.is(u)
 
@@ -132,7 +138,13 @@ export const addCounts = (into: Record<string, number>, from: ReadonlyMap<Option
 
 const VoterText = textId(128, /^[A-Za-z0-9_.:-]+$/, "A-Z a-z 0-9 _ - . :")
 
-export const VoterId = VoterText.schema.pipe(Schema.brand("VoterId"))
+export const VoterId = VoterText.schema.pipe(
+  Schema.brand("VoterId", {
+    identifier: "VoterId",
+    title: "VoterId",
+    description: "1-128 characters of A-Z a-z 0-9 _ - . :"
+  })
+)
 export type VoterId = typeof VoterId.Type
 export const isVoterId = (u: unknown): u is VoterId => VoterText.is(u)
 
@@ -164,7 +176,7 @@ const Text = (max: number) =>
     Schema.filter((s) => s.trim().length > 0 || "must not be blank"),
     Schema.maxLength(max, { message: () => `must be at most ${max} characters` }),
     Schema.filter((s) => !LONE_SURROGATE.test(s) || "must be valid Unicode text (it holds a lone surrogate)")
-  )
+  ).annotations({ title: "text", description: `not blank, at most ${max} characters, valid Unicode` })
 
 export const PollOption = Schema.Struct({ id: OptionId, label: Text(200) })
 export type PollOption = typeof PollOption.Type

@@ -2,6 +2,7 @@ import { Effect, Exit, Runtime } from "effect"
 import type { ServerResponse } from "node:http"
 import type { PollId } from "./Domain.js"
 import { Feed } from "./Feed.js"
+import * as Metrics from "./Metrics.js"
 import type { Polls } from "./Polls.js"
 import type { VoteStore } from "./VoteStore.js"
 
@@ -60,6 +61,7 @@ export const makeHub = (
 ) => {
   const updateIntervalMs = options.updateIntervalMs ?? MIN_UPDATE_INTERVAL_MS
   const runFork = Runtime.runFork(runtime)
+  const metrics = Metrics.of(runtime.context)
   const watches = new Map<PollId, Watch>()
   let open = 0
 
@@ -115,6 +117,7 @@ export const makeHub = (
   const attach = (pollId: PollId, res: ServerResponse): boolean => {
     if (full()) return false
     open++
+    metrics.streamOpened()
     res.writeHead(200, STREAM_HEADERS)
     res.write("retry: 2000\n\n")
     let watch = watches.get(pollId)
@@ -146,6 +149,7 @@ export const makeHub = (
     })
     res.on("close", () => {
       open--
+      metrics.streamClosed()
       current.clients.delete(client)
       if (current.clients.size === 0 && watches.get(pollId) === current) {
         watches.delete(pollId)

@@ -30,7 +30,10 @@ const parts = () => {
 const escapeHtml = (text: string) =>
   text.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c] ?? c)
 
-/** `pollId` is already a valid poll id; it is escaped anyway, as everything put into markup is. */
+/**
+ * `pollId` is already a valid poll id (its characters need no escape in a path); it is escaped anyway, as everything
+ * put into markup is. The banner shown once the poll has closed links to its exports.
+ */
 export const render = (pollId: string): string => {
   const id = escapeHtml(pollId)
   const { script, style, policy } = parts()
@@ -51,7 +54,7 @@ export const render = (pollId: string): string => {
 <p class="meta"><span class="brand">livepoll</span><span id="live" class="live" data-state="connecting">Connecting…</span><span id="closes-at" hidden></span></p>
 <h1 id="question">Poll ${id}</h1>
 <p class="summary">Total: <strong id="total">0 votes</strong></p>
-<p id="closed" class="banner" hidden>Voting has closed. These are the final results.</p>
+<p id="closed" class="banner" hidden>Voting has closed. These are the final results. <span class="downloads">Download them as <a id="export-csv" href="/api/v1/polls/${id}/results.csv" download>CSV</a> or <a id="export-json" href="/api/v1/polls/${id}/results.json" download="${id}-results.json">JSON</a>.</span></p>
 </header>
 <section aria-labelledby="question">
 <h2 class="visually-hidden">Options and results</h2>

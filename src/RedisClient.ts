@@ -1,6 +1,7 @@
 import { Duration, Effect, Runtime, type Scope } from "effect"
 import { Redis } from "ioredis"
 import { StoreUnavailable } from "./Domain.js"
+import { Metrics, type RedisErrorReason } from "./Metrics.js"
 
 /**
  * A command that has not answered in this time fails, so callers get a 503 within the contract's 2 s. The default of
@@ -41,6 +42,8 @@ export interface ConnectOptions {
 export const acquire = (node: RedisNode, options: ConnectOptions = {}): Effect.Effect<Redis, never, Scope.Scope> =>
   Effect.gen(function* () {
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    // The node's error counters exist from its first connection on, at 0 until a command fails (see `caller`).
+    ;(yield* Metrics).redisNode(node.name)
     const role = options.subscriber ? " (pub/sub)" : ""
     const client = yield* Effect.acquireRelease(
       Effect.sync(
@@ -162,12 +165,22 @@ export const serverClock = (
     }
   })
 
-const describe = (error: unknown): string => {
+const describe = (error: unknown): { readonly reason: RedisErrorReason; readonly message: string } => {
   const message = error instanceof Error ? error.message : String(error)
-  if (message.includes("enableOfflineQueue")) return "not connected"
-  if (message.includes("timed out")) return "no answer in time"
-  return message
+  if (message.includes("enableOfflineQueue")) return { reason: "not_connected", message: "not connected" }
+  if (message.includes("timed out")) return { reason: "timeout", message: "no answer in time" }
+  return { reason: "error", message }
 }
+
+/**
+ * A failed call, counted in the node's errors. The metrics are looked up only here: a lookup is a step that needs a
+ * fiber (Http/Run.ts), which a call that succeeds must not.
+ */
+const failure = (node: string, reason: RedisErrorReason, message: string) =>
+  Effect.flatMap(Metrics, (metrics) => {
+    metrics.redisError(node, reason)
+    return Effect.fail(new StoreUnavailable({ node, reason: message }))
+  })
 
 /**
  * Runs one client call as an Effect that fails with StoreUnavailable naming the node, and never hangs: ioredis's own
@@ -187,12 +200,11 @@ export const caller = (target: Pick<RedisNode, "name" | "commandTimeoutMs">) => 
         clearTimeout(timer)
         resume(effect)
       }
-      const failed = (error: unknown) =>
-        settle(Effect.fail(new StoreUnavailable({ node, reason: `${what} failed: ${describe(error)}` })))
-      const timer = setTimeout(
-        () => settle(Effect.fail(new StoreUnavailable({ node, reason: `${what}: timed out` }))),
-        guardMs
-      )
+      const failed = (error: unknown) => {
+        const { reason, message } = describe(error)
+        settle(failure(node, reason, `${what} failed: ${message}`))
+      }
+      const timer = setTimeout(() => settle(failure(node, "timeout", `${what}: timed out`)), guardMs)
       try {
         run().then((value) => settle(Effect.succeed(value)), failed)
       } catch (error) {

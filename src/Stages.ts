@@ -1,15 +1,20 @@
 import { ConfigError, Duration, Effect, Layer, Option } from "effect"
 import type { AppConfig, Stage } from "./Config.js"
 import type { RedisNode } from "./RedisClient.js"
-import { AppConfig as AppConfigSpec, describe as describeConfig } from "./Config.js"
+import { AppConfig as AppConfigSpec, describe as describeConfig, rateLimitsOf } from "./Config.js"
 import * as Feed from "./Feed.js"
+import * as FeedCluster from "./Feed/Cluster.js"
 import * as FeedRedis from "./Feed/Redis.js"
 import * as Journal from "./VoteStore/Journal.js"
 import * as Polls from "./Polls.js"
 import * as PollsCached from "./Polls/Cached.js"
+import * as PollsCluster from "./Polls/Cluster.js"
 import * as PollsRedis from "./Polls/Redis.js"
+import * as RateLimit from "./RateLimit.js"
+import * as RateLimitRedis from "./RateLimit/Redis.js"
 import { asInner, InnerStore, layerMemory, VoteStore } from "./VoteStore.js"
 import * as Cached from "./VoteStore/Cached.js"
+import * as ClusterStore from "./VoteStore/Cluster.js"
 import * as Notifying from "./VoteStore/Notifying.js"
 import * as RedisStore from "./VoteStore/Redis.js"
 import * as Sharded from "./VoteStore/Sharded.js"
@@ -53,7 +58,13 @@ const onRedis = (c: AppConfig, nodes: ReadonlyArray<RedisNode>, store: Layer.Lay
     Layer.provideMerge(FeedRedis.layer(nodes))
   )
 
-/** The six stages of the design, each one layer composition. Reading a row left to right reads the stack outside-in. */
+/** The cluster stage's seed nodes (AppConfig makes sure there are some), with the configured command time-out. */
+const onCluster = (c: AppConfig) => ({
+  seeds: Option.getOrElse(c.redisCluster, () => []),
+  commandTimeoutMs: c.redisCommandTimeoutMs
+})
+
+/** The stages of the design, each one layer composition. Reading a row left to right reads the stack outside-in. */
 export const compositions: Record<Stage, (c: AppConfig) => Layer.Layer<Services>> = {
   memory: (c) =>
     Layer.merge(base(layerMemory), definitions(c, Polls.layerMemory(c.maxPolls))).pipe(
@@ -64,14 +75,41 @@ export const compositions: Record<Stage, (c: AppConfig) => Layer.Layer<Services>
   batched: (c) => onRedis(c, single(c), over(buffer(c), base(RedisStore.layer(single(c)[0]!)))),
   sharded: (c) => onRedis(c, shards(c), base(Sharded.layerRedis(shards(c)))),
   // Buffer outermost so reads add this instance's pending votes to the (possibly cached) stored counts.
-  full: (c) => onRedis(c, shards(c), over(buffer(c), over(cache(c), base(Sharded.layerRedis(shards(c))))))
+  full: (c) => onRedis(c, shards(c), over(buffer(c), over(cache(c), base(Sharded.layerRedis(shards(c)))))),
+  // `full` on Redis Cluster: each flushed batch split per poll into its slot, confirmed once replicas hold it.
+  cluster: (c) =>
+    Layer.merge(
+      over(
+        buffer(c),
+        over(
+          cache(c),
+          base(
+            ClusterStore.layer({
+              ...onCluster(c),
+              waitReplicas: Option.getOrElse(c.redisWaitReplicas, () => "auto" as const)
+            })
+          )
+        )
+      ),
+      definitions(c, PollsCluster.layer({ ...onCluster(c), resyncMs: c.definitionsResyncMs }, c.maxPolls))
+    ).pipe(Layer.provideMerge(FeedCluster.layer(onCluster(c))))
 }
 
-/** The services chosen by `POLL_STAGE`. */
-export const layer: Layer.Layer<Services, ConfigError.ConfigError> = Layer.unwrapEffect(
+/**
+ * Where the rate limits keep count: on the stage's Redis, so every instance shares them; in process for the memory
+ * stage (one instance, nothing to share with). When they are off, nothing asks.
+ */
+const limiter = (c: AppConfig): Layer.Layer<RateLimit.RateLimiter> => {
+  if (rateLimitsOf(c) === undefined || c.stage === "memory") return RateLimit.layerMemory
+  if (c.stage === "cluster") return RateLimitRedis.layerCluster(onCluster(c))
+  return RateLimitRedis.layer(c.stage === "sharded" || c.stage === "full" ? shards(c) : single(c))
+}
+
+/** The services chosen by `POLL_STAGE`, and the rate limiter beside them. */
+export const layer: Layer.Layer<Services | RateLimit.RateLimiter, ConfigError.ConfigError> = Layer.unwrapEffect(
   Effect.gen(function* () {
     const config = yield* AppConfigSpec
     yield* Effect.logInfo(`livepoll starting: ${describeConfig(config)}`)
-    return compositions[config.stage](config)
+    return Layer.merge(compositions[config.stage](config), limiter(config))
   })
 )

@@ -7,6 +7,7 @@ import {
   effectiveLimits,
   parseOpenFileLimit,
   parseRedisNodes,
+  rateLimitsOf,
   VARIABLES
 } from "../src/Config.js"
 
@@ -45,8 +46,52 @@ describe("AppConfig", () => {
       expect(config.flushRetries).toBe(2)
       expect(config.streamUpdateIntervalMs).toBe(100)
       expect(config.streamHeartbeatMs).toBe(15_000)
+      expect(config.rateLimit).toBe("auto")
+      expect(config.logFormat).toBe("json")
+      expect(config.accessLogSample).toBe(0)
     })
   )
+
+  it.effect(
+    "the cluster stage needs REDIS_CLUSTER, and waits for replicas as the cluster's shape says unless told",
+    () =>
+      Effect.gen(function* () {
+        yield* failsNaming("REDIS_CLUSTER", { POLL_STAGE: "cluster" })
+        const config = yield* load({ POLL_STAGE: "cluster", REDIS_CLUSTER: "redis://127.0.0.1:7100" })
+        expect(config.redisCluster).toEqual(Option.some(["redis://127.0.0.1:7100"]))
+        expect(Option.isNone(config.redisWaitReplicas)).toBe(true)
+      })
+  )
+
+  it.effect(
+    "rate limits: auto is on wherever a Redis can share them, off in memory; off, or both quotas 0, is off",
+    () =>
+      Effect.gen(function* () {
+        const limits = { windowMs: 60_000, client: 1200, voter: 30 }
+        expect(rateLimitsOf(yield* load({}))).toBeUndefined()
+        for (const stage of ["redis", "cached", "batched", "sharded", "full"]) {
+          expect(rateLimitsOf(yield* load({ POLL_STAGE: stage })), stage).toEqual(limits)
+        }
+        expect(rateLimitsOf(yield* load({ RATE_LIMIT: "on" }))).toEqual(limits)
+        expect(rateLimitsOf(yield* load({ POLL_STAGE: "full", RATE_LIMIT: "off" }))).toBeUndefined()
+        expect(
+          rateLimitsOf(yield* load({ POLL_STAGE: "full", RATE_LIMIT_CLIENT: "0", RATE_LIMIT_VOTER: "0" }))
+        ).toBeUndefined()
+      })
+  )
+
+  it.effect.each([
+    ["RATE_LIMIT", "sometimes"],
+    ["RATE_LIMIT_WINDOW_MS", "999"],
+    ["RATE_LIMIT_CLIENT", "-1"],
+    ["TRUST_PROXY", "17"],
+    ["LOG_FORMAT", "xml"],
+    ["ACCESS_LOG_SAMPLE", "1.5"],
+    ["ACCESS_LOG_SAMPLE", "-0.1"],
+    ["REDIS_CLUSTER", "redis://a:1,,redis://b:2"],
+    ["REDIS_CLUSTER", "http://10.0.0.1:7000"],
+    ["REDIS_WAIT_REPLICAS", "6"]
+  ] as const)("refuses %s=%s, naming it", ([variable, value]) => failsNaming(variable, { [variable]: value }))
 
   it.effect("reads every variable", () =>
     Effect.gen(function* () {
@@ -74,7 +119,16 @@ describe("AppConfig", () => {
         HEADERS_TIMEOUT_MS: "3000",
         REQUEST_TIMEOUT_MS: "4000",
         KEEP_ALIVE_TIMEOUT_MS: "1500",
-        SHUTDOWN_DRAIN_MS: "1600"
+        SHUTDOWN_DRAIN_MS: "1600",
+        REDIS_CLUSTER: "redis://10.0.0.5:7100, redis://10.0.0.6:7101",
+        REDIS_WAIT_REPLICAS: "0",
+        RATE_LIMIT: "on",
+        RATE_LIMIT_WINDOW_MS: "10000",
+        RATE_LIMIT_CLIENT: "12",
+        RATE_LIMIT_VOTER: "3",
+        TRUST_PROXY: "2",
+        LOG_FORMAT: "logfmt",
+        ACCESS_LOG_SAMPLE: "0.25"
       })
       expect(config).toEqual({
         port: 9123,
@@ -103,7 +157,16 @@ describe("AppConfig", () => {
         headersTimeoutMs: 3000,
         requestTimeoutMs: 4000,
         keepAliveTimeoutMs: 1500,
-        drainMs: 1600
+        drainMs: 1600,
+        redisCluster: Option.some(["redis://10.0.0.5:7100", "redis://10.0.0.6:7101"]),
+        redisWaitReplicas: Option.some(0),
+        rateLimit: "on",
+        rateLimitWindowMs: 10_000,
+        rateLimitClient: 12,
+        rateLimitVoter: 3,
+        trustProxy: 2,
+        logFormat: "logfmt",
+        accessLogSample: 0.25
       })
     })
   )
@@ -215,7 +278,12 @@ describe("AppConfig", () => {
         POLL_STAGE: "redis",
         REDIS_URL: "redis://10.0.0.9:6379",
         REDIS_NODES: "redis://10.0.0.9:7000",
-        JOURNAL_DIR: "/tmp/elsewhere"
+        JOURNAL_DIR: "/tmp/elsewhere",
+        RATE_LIMIT: "off",
+        LOG_FORMAT: "logfmt",
+        ACCESS_LOG_SAMPLE: "0.5",
+        REDIS_CLUSTER: "redis://10.0.0.9:7100",
+        REDIS_WAIT_REPLICAS: "2"
       }
       for (const [name, documented] of rows) {
         const plain = documented.replace(/`/g, "")

@@ -382,9 +382,17 @@ const API: ReadonlyArray<readonly [method: "GET" | "POST", path: string, tag: st
   ["POST", "/vote/p-1", "Vote", "p-1"],
   ["GET", "/results/p-1", "Results", "p-1"],
   ["POST", "/polls", "CreatePoll", undefined],
+  ["GET", "/polls", "ListPolls", undefined],
   ["GET", "/polls/p-1", "GetPoll", "p-1"],
   ["POST", "/polls/p-1/close", "ClosePoll", "p-1"],
-  ["GET", "/polls/p-1/stream", "Stream", "p-1"]
+  ["GET", "/polls/p-1/stream", "Stream", "p-1"],
+  ["GET", "/polls/p-1/results.csv", "ExportCsv", "p-1"],
+  ["GET", "/polls/p-1/results.json", "ExportJson", "p-1"],
+  ["GET", "/metrics", "Metrics", undefined],
+  ["GET", "/openapi.json", "OpenApi", undefined],
+  ["GET", "/docs", "Docs", undefined],
+  ["GET", "/docs/swagger-ui.js", "DocsScript", undefined],
+  ["GET", "/docs/swagger-ui.css", "DocsStyle", undefined]
 ]
 const PREFIXES = ["", "/api/v1"] as const
 const withPrefix = (prefix: string, path: string) => (prefix !== "" && path === "/" ? prefix : `${prefix}${path}`)
@@ -409,26 +417,34 @@ describe("the route table, in process", () => {
       }
     })
 
-    it.each(API)("%s %s: HEAD is GET on a GET route and a 405 on a POST route", (method, path, tag, pollId) => {
+    /** The methods a path answers, in the contract's order, HEAD after GET. */
+    const allowedOn = (path: string) =>
+      API.filter((e) => e[1] === path).flatMap(([m]) => (m === "GET" ? ["GET", "HEAD"] : [m]))
+
+    it.each(API)("%s %s: HEAD is GET on a GET route and a 405 on a POST-only path", (method, path, tag, pollId) => {
       const r = Http.route("HEAD", withPrefix(prefix, path))
-      if (method === "GET") {
-        expect(r._tag).toBe(tag)
+      if (allowedOn(path).includes("GET")) {
+        const get = API.find((e) => e[1] === path && e[0] === "GET")!
+        expect(r._tag).toBe(get[2])
         if (pollId !== undefined) expect(r).toMatchObject({ pollId })
       } else {
+        expect(method).toBe("POST")
+        expect(tag).not.toBe(r._tag)
         expect(rejected(r)).toMatchObject({ status: 405, headers: { allow: "POST" } })
       }
     })
 
-    it.each(API)("%s %s: any other method is a 405 naming the allowed ones", (method, path) => {
+    it.each(API)("%s %s: any other method is a 405 naming the allowed ones", (_, path) => {
       const url = withPrefix(prefix, path)
-      for (const other of ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"].filter((m) => m !== method)) {
+      const allowed = allowedOn(path)
+      for (const other of ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"].filter((m) => !allowed.includes(m))) {
         expect(rejected(Http.route(other, url))).toEqual({
           status: 405,
           body: {
             error: "method_not_allowed",
-            message: `${other} is not allowed on ${url}; use ${method === "GET" ? "GET or HEAD" : "POST"}`
+            message: `${other} is not allowed on ${url}; use ${allowed.join(" or ")}`
           },
-          headers: { allow: method === "GET" ? "GET, HEAD" : "POST" }
+          headers: { allow: allowed.join(", ") }
         })
       }
     })

@@ -11,7 +11,10 @@ import * as Load from "../bench/load.js"
 import * as Monitor from "../bench/monitor.js"
 import { defaults, parse, type Workload } from "../bench/options.js"
 import * as Pin from "../bench/pin.js"
-import { bareCheck, formatRss, medianRun, microsPerRequest, ratioTo, relate } from "../bench/report.js"
+import { envOf } from "../bench/processes.js"
+import { bareCheck, formatMetrics, formatRss, medianRun, microsPerRequest, ratioTo, relate } from "../bench/report.js"
+import * as Scrape from "../bench/scrape.js"
+import { parseExposition } from "./support/exposition.js"
 import { type RedisServer, startRedis } from "./support/redis.js"
 import { eventually, sleep } from "./support/wait.js"
 
@@ -226,6 +229,29 @@ describe("npm run bench", () => {
     for (const label of ["memory", "batched", "fastify batched", "bare node:http"]) expect(svg).toContain(`>${label}<`)
     expect(svg.split(">target 0.7×<").length, "the target line's label, drawn once").toBe(2)
 
+    // The app's /metrics, read during each of its rows (and only its rows): the buffer where the stage has one.
+    for (const row of report.rows) {
+      if (row.kind !== "stage") expect(row.metrics, row.name).toBeUndefined()
+      else {
+        expect(row.metrics.intervalMs, row.name).toBe(Scrape.SCRAPE_MS)
+        expect(row.metrics.readings.length, row.name).toBeGreaterThanOrEqual(2)
+        expect(row.metrics.failed, row.name).toBe(0)
+      }
+    }
+    const readings = (stage: string) => byName.get(stage).metrics.readings
+    expect(readings("memory").every((r: any) => r.bufferedVotes === null)).toBe(true)
+    expect(readings("batched").every((r: any) => typeof r.bufferedVotes === "number")).toBe(true)
+    expect(Math.max(...readings("batched").map((r: any) => r.bufferedVotes))).toBeGreaterThan(0)
+    const times = readings("batched").map((r: any) => r.at)
+    expect(times).toEqual([...times].sort((a, b) => a - b))
+    expect(run.stdout()).toMatch(/^hot\s+batched\s+\d+\s+[\d,]+\s+\d+\s+\d+\s/m)
+    const timeline = readFileSync(join(out, "latest-metrics.svg"), "utf8")
+    expect(timeline.startsWith("<svg")).toBe(true)
+    for (const label of ["buffered votes", "flush batches", "batched"]) expect(timeline).toContain(`>${label}<`)
+    expect(run.stdout()).toContain(
+      `wrote ${join(out, "latest.json")}, ${join(out, "latest.svg")}, ${join(out, "latest-metrics.svg")}`
+    )
+
     expect(await settled(run.marker)).toEqual([])
   }, 60_000)
 
@@ -306,6 +332,10 @@ describe("npm run bench", () => {
     // The buffered votes reach Redis by the flush at exit at the latest, which is counted.
     expect(check.redis.allPerThousand).toBeGreaterThan(0)
     expect(run.stdout()).toMatch(/^batched\s+3,000\s/m)
+    // The buffer seen filling from the app's own metrics, and drained by the flush at exit (not read any more then).
+    expect(check.metrics.readings.length).toBeGreaterThanOrEqual(2)
+    expect(Math.max(...check.metrics.readings.map((r: any) => r.bufferedVotes))).toBeGreaterThan(0)
+    expect(run.stdout()).toMatch(/^spread1m\s+batched\s/m)
     expect(await settled(run.marker)).toEqual([])
   }, 60_000)
 
@@ -364,6 +394,14 @@ describe("bench options", () => {
       fiberBaseline: false,
       peers: false
     })
+    expect(defaults.rateLimits).toBe(false)
+    expect(parse(["--rate-limits"])).toMatchObject({ rateLimits: true })
+    // Off unless measured, and then with quotas no run reaches.
+    expect(envOf("full", [])).toMatchObject({ POLL_STAGE: "full", RATE_LIMIT: "off" })
+    const measured = envOf("full", [], true)
+    expect(measured).toMatchObject({ RATE_LIMIT: "on" })
+    expect(Number(measured.RATE_LIMIT_CLIENT)).toBeGreaterThan(1e8)
+    expect(Number(measured.RATE_LIMIT_VOTER)).toBeGreaterThan(1e8)
     // wrk counts its duration in whole seconds, and splits the connections between its threads.
     expect(() => parse(["--duration", "2.5"])).toThrow(/whole number/)
     expect(() => parse(["--warmup", "0.5"])).toThrow(/whole number/)
@@ -413,6 +451,76 @@ describe("median run", () => {
     expect(medianRun(runs(3, 9))).toEqual({ rps: 9, i: 1 })
     expect(medianRun(runs(7, 1, 8, 2))).toEqual({ rps: 7, i: 0 })
     expect(() => medianRun([])).toThrow(/no runs/)
+  })
+})
+
+describe("the app's metrics during a measurement", () => {
+  const totals = (text: string) => Scrape.totalsOf(parseExposition(text))
+  const scrape = (buffered: number | undefined, batches: number, hits: number, misses: number) =>
+    totals(
+      [
+        ...(buffered === undefined
+          ? ["livepoll_buffer_max_entries 0"]
+          : [
+              "livepoll_buffer_max_entries 200000",
+              `livepoll_buffered_votes{node="a"} ${buffered}`,
+              `livepoll_buffered_votes{node="b"} 1`
+            ]),
+        `livepoll_flush_batches_total{node="a"} ${batches}`,
+        `livepoll_cache_hits_total{cache="results"} ${hits}`,
+        `livepoll_cache_misses_total{cache="results"} ${misses}`,
+        `livepoll_cache_hits_total{cache="definitions"} 7`,
+        "livepoll_nodejs_eventloop_lag_p99_seconds 0.0125"
+      ].join("\n")
+    )
+
+  it("reads the buffer over every node, counts flushes and lookups from the first reading, ratios since the last", () => {
+    const first = scrape(10, 4, 100, 50)
+    const previous = scrape(20, 5, 180, 70)
+    const reading = Scrape.readingOf(1.5, scrape(30, 7, 270, 100), first, previous)
+    expect(reading).toEqual({
+      at: 1.5,
+      bufferedVotes: 31,
+      bufferedEntries: 0,
+      flushBatches: 3,
+      flushFailures: 0,
+      cacheHits: 170,
+      cacheMisses: 50,
+      cacheHitRatio: 90 / 120,
+      definitionsHitRatio: null,
+      eventLoopP99Ms: 12.5
+    })
+    // No buffer: no buffer line and no flush line in the chart; no lookups since the last reading: no ratio.
+    const unbuffered = Scrape.readingOf(2, scrape(undefined, 0, 100, 50), first, scrape(undefined, 0, 100, 50))
+    expect(unbuffered).toMatchObject({ bufferedVotes: null, cacheHitRatio: null })
+    expect(Scrape.pointsOf("memory", "hot", [unbuffered])).toEqual([])
+    expect(Scrape.pointsOf("full", "read", [reading]).map((p) => `${p.metric}=${p.value}`)).toEqual([
+      "buffered votes=31",
+      "flush batches=3",
+      "results cache hit ratio=0.75"
+    ])
+  })
+
+  it("sums a measurement up for the table: peak buffer, flushes, the cache's overall ratio", () => {
+    const first = scrape(0, 0, 0, 0)
+    const readings = [
+      Scrape.readingOf(0, first, first, first),
+      Scrape.readingOf(0.5, scrape(40, 0, 30, 10), first, first),
+      Scrape.readingOf(1, scrape(5, 2, 60, 20), first, scrape(40, 0, 30, 10))
+    ]
+    const scraped = { intervalMs: 500, readings, failed: 0 }
+    expect(Scrape.summaryOf(scraped)).toEqual({
+      readings: 3,
+      peakBufferedVotes: 41,
+      flushBatches: 2,
+      flushFailures: 0,
+      cacheHitRatio: 0.75,
+      maxEventLoopP99Ms: 12.5
+    })
+    const [header, , line] = formatMetrics([{ workload: "hot", stage: "full", metrics: scraped }]).split("\n")
+    const cells = (text: string) => text!.trim().split(/\s{2,}/)
+    expect(cells(header!)).toHaveLength(cells(line!).length)
+    expect(cells(line!)).toEqual(["hot", "full", "3", "41", "2", "0", "0.750", "12.5"])
   })
 })
 

@@ -1,12 +1,14 @@
 /**
- * Docker cannot run where the tests run, so docker-compose.yml, the Dockerfile and .dockerignore are checked
- * statically: what `docker compose up --build` would start, against the contract and against the app's own config.
+ * Docker cannot run where the tests run, so docker-compose.yml, docker-compose.cluster.yml, the Dockerfile and
+ * .dockerignore are checked statically: what `docker compose up --build` would start, against the contract and
+ * against the app's own config.
  */
 import { Either } from "effect"
 import { existsSync, readFileSync } from "node:fs"
 import { describe, expect, it } from "vitest"
 import { parse } from "yaml"
-import { parseRedisNodes } from "../src/Config.js"
+import * as Cluster from "../scripts/cluster.js"
+import { parseRedisNodes, parseSeeds } from "../src/Config.js"
 
 const read = (path: string) => readFileSync(new URL(`../${path}`, import.meta.url), "utf8")
 const exists = (path: string) => existsSync(new URL(`../${path}`, import.meta.url))
@@ -140,6 +142,178 @@ describe("docker-compose.yml", () => {
       })
     })
   }
+})
+
+// ---------------------------------------------------------------------------------------------------------------------
+// docker-compose.cluster.yml
+
+interface ClusterService extends Service {
+  readonly networks?: ReadonlyArray<string> | Readonly<Record<string, { readonly ipv4_address?: string } | null>>
+  readonly restart?: string
+}
+
+const clusterCompose = parse(read("docker-compose.cluster.yml")) as {
+  name?: string
+  services: Record<string, ClusterService>
+  networks?: Record<string, { ipam?: { config?: ReadonlyArray<{ subnet?: string; ip_range?: string }> } }>
+  volumes?: Record<string, unknown>
+}
+const clusterServices = clusterCompose.services
+
+/** Compose reads `$$` as a literal `$`; a lone `$` would be a variable of the host's environment. */
+const interpolated = (text: string) => text.replaceAll("$$", "$")
+
+const ipv4 = (address: string) => address.split(".").reduce((n, part) => n * 256 + Number(part), 0)
+/** Whether `address` lies inside `cidr` (`a.b.c.d/len`). */
+const inside = (address: string, cidr: string) => {
+  const [base, length] = cidr.split("/")
+  const size = 2 ** (32 - Number(length))
+  return Math.floor(ipv4(address) / size) === Math.floor(ipv4(base!) / size)
+}
+
+const CLUSTER_NODES = Cluster.DEFAULT_PORTS.map((port, i) => ({ service: `redis-cluster-${i + 1}`, port }))
+const CLUSTER_NETWORK = "cluster"
+const addressOf = (service: ClusterService) => {
+  const networks = service.networks
+  return networks === undefined || Array.isArray(networks)
+    ? undefined
+    : (networks as Record<string, { ipv4_address?: string } | null>)[CLUSTER_NETWORK]?.ipv4_address
+}
+/** The script of the one-shot service, run as `sh -ec SCRIPT`. */
+const clusterScript = () => {
+  const command = clusterServices["redis-cluster-create"]!.command
+  if (!Array.isArray(command) || command[0] !== "sh" || !/^-e?c$/.test(command[1] ?? "") || command.length !== 3)
+    return expect.fail("redis-cluster-create's command is not [sh, -ec, SCRIPT]")
+  return command[2] as string
+}
+
+describe("docker-compose.cluster.yml", () => {
+  it("has the app, the one-shot cluster creation and six Redis nodes, in a project of its own", () => {
+    expect(Object.keys(clusterServices).sort()).toEqual(
+      ["app", "redis-cluster-create", ...CLUSTER_NODES.map((n) => n.service)].sort()
+    )
+    // Without a name of its own it would share docker-compose.yml's project (the directory's name), its `app` too.
+    expect(clusterCompose.name).toMatch(/^[a-z0-9][a-z0-9_-]*$/)
+  })
+
+  it("builds the app from this directory and publishes 8000 on 8000", () => {
+    const app = clusterServices.app!
+    const context = typeof app.build === "string" ? app.build : (app.build as { context?: string } | undefined)?.context
+    expect(context).toBe(".")
+    expect((app.ports ?? []).map(String)).toContain("8000:8000")
+  })
+
+  it("runs the app in the cluster stage, seeded with every node by its service name, and waiting for a replica", () => {
+    const env = environmentOf(clusterServices.app!)
+    expect(env.POLL_STAGE).toBe("cluster")
+    expect(env.REDIS_WAIT_REPLICAS).toBe(String(Cluster.REPLICAS_PER_MASTER))
+    // The seeds are what the app's own REDIS_CLUSTER parser accepts.
+    expect(Either.isRight(parseSeeds(env.REDIS_CLUSTER ?? ""))).toBe(true)
+    const seeds = (env.REDIS_CLUSTER ?? "").split(",").map((seed) => {
+      const url = new URL(seed.trim())
+      return { protocol: url.protocol, service: url.hostname, port: Number(url.port) }
+    })
+    expect(seeds).toEqual(CLUSTER_NODES.map(({ service, port }) => ({ protocol: "redis:", service, port })))
+  })
+
+  it("starts the app only once the cluster is created and ready, on the nodes' network", () => {
+    const dependsOn = clusterServices.app!.depends_on as Record<string, { condition?: string }>
+    expect(dependsOn["redis-cluster-create"]?.condition).toBe("service_completed_successfully")
+    expect(clusterServices.app!.networks).toContain(CLUSTER_NETWORK)
+  })
+
+  it("gives each node a fixed address no container without one can be handed", () => {
+    const config = clusterCompose.networks?.[CLUSTER_NETWORK]?.ipam?.config?.[0]
+    expect(config?.subnet).toMatch(/^\d+\.\d+\.\d+\.\d+\/\d+$/)
+    expect(config?.ip_range).toMatch(/^\d+\.\d+\.\d+\.\d+\/\d+$/)
+    expect(inside(config!.ip_range!.split("/")[0]!, config!.subnet!)).toBe(true)
+    const addresses = CLUSTER_NODES.map(({ service }) => addressOf(clusterServices[service]!))
+    for (const address of addresses) {
+      expect(address).toMatch(/^\d+\.\d+\.\d+\.\d+$/)
+      expect(inside(address!, config!.subnet!), `${address} in ${config!.subnet}`).toBe(true)
+      expect(inside(address!, config!.ip_range!), `${address} outside ${config!.ip_range}`).toBe(false)
+    }
+    expect(new Set(addresses).size).toBe(CLUSTER_NODES.length)
+  })
+
+  for (const { service, port } of CLUSTER_NODES) {
+    describe(service, () => {
+      const node = clusterServices[service]!
+      const command = words(node.command)
+
+      it("is Redis 7", () => {
+        expect(node.image).toMatch(/^redis:7(\.|-|$)/)
+      })
+
+      it(`is a cluster node on ${port} inside the container too, set as \`npm run dev -- --cluster\` sets its nodes`, () => {
+        expect(command[0]).toBe("redis-server")
+        expect(flag(command, "--port")).toBe(String(port))
+        for (const [name, value] of Cluster.NODE_SETTINGS) expect(flag(command, name), name).toBe(value)
+        // Relative: in the data directory (/data), so on the volume.
+        expect(flag(command, "--cluster-config-file")).toMatch(/^[^/]+$/)
+      })
+
+      it("announces its fixed address", () => {
+        expect(flag(command, "--cluster-announce-ip")).toBe(addressOf(node))
+      })
+
+      it(`publishes ${port} on the same port`, () => {
+        expect((node.ports ?? []).map(String)).toContain(`${port}:${port}`)
+      })
+
+      it(`is healthy when redis-cli gets a PING answer on ${port}`, () => {
+        const test = words(node.healthcheck?.test)
+        expect(test[0]).toBe("redis-cli")
+        expect(flag(test, "-p")).toBe(String(port))
+        expect(test).toContain("ping")
+      })
+
+      it("keeps its data and nodes.conf in a volume of its own mounted on /data", () => {
+        const mounts = (node.volumes ?? []).map((v) => (typeof v === "string" ? v.split(":") : [undefined, v.target]))
+        const data = mounts.find(([, target]) => target === "/data")?.[0]
+        expect(Object.keys(clusterCompose.volumes ?? {})).toContain(data)
+        const others = CLUSTER_NODES.filter((n) => n.service !== service).flatMap((n) =>
+          (clusterServices[n.service]!.volumes ?? []).map((v) => (typeof v === "string" ? v.split(":")[0] : undefined))
+        )
+        expect(others).not.toContain(data)
+      })
+    })
+  }
+
+  describe("redis-cluster-create", () => {
+    const create = clusterServices["redis-cluster-create"]!
+    const script = interpolated(clusterScript())
+    const nodes = CLUSTER_NODES.map(({ service, port }) => `${addressOf(clusterServices[service]!)}:${port}`)
+
+    it("is Redis 7, run once, after every node answers", () => {
+      expect(create.image).toMatch(/^redis:7(\.|-|$)/)
+      expect([undefined, "no"]).toContain(create.restart)
+      const dependsOn = create.depends_on as Record<string, { condition?: string }>
+      for (const { service } of CLUSTER_NODES) expect(dependsOn[service]?.condition).toBe("service_healthy")
+      expect(create.networks).toContain(CLUSTER_NETWORK)
+    })
+
+    it("leaves no `$` for compose to fill from the host's environment", () => {
+      expect(clusterScript()).not.toMatch(/(^|[^$])\$([^$]|$)/)
+    })
+
+    it("creates the cluster of every node by address, a replica per master, if the first node has joined none", () => {
+      expect(/^\s*nodes="([^"]*)"/m.exec(script)?.[1]?.split(/\s+/)).toEqual(nodes)
+      const [, host, nodePort] =
+        /redis-cli -h (\S+) -p (\d+) cluster info[^\n]*cluster_known_nodes:1/.exec(script) ?? []
+      expect(`${host}:${nodePort}`).toBe(nodes[0])
+      const create = `redis-cli --cluster create \\$nodes --cluster-replicas ${Cluster.REPLICAS_PER_MASTER} --cluster-yes`
+      expect(script).toMatch(new RegExp(`cluster_known_nodes:1'; then\\s+${create}\\s+fi`))
+    })
+
+    it("exits 0 only once every slot is served and every replica is in sync", () => {
+      expect(script).toMatch(/wait_for redis-cli --cluster check \S+/)
+      expect(script).toMatch(/for node in \$nodes; do wait_for in_sync "\$node"; done/)
+      expect(script).toMatch(/in_sync\(\) \{[\s\S]*info replication.*state=online\|master_link_status:up/)
+      // A wait that gives up fails the service, and with it the app's start.
+      expect(script).toMatch(/wait_for\(\) \{[\s\S]*exit 1[\s\S]*\}/)
+    })
+  })
 })
 
 // ---------------------------------------------------------------------------------------------------------------------

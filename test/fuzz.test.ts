@@ -1,12 +1,13 @@
 /**
  * Fuzz suite against the real process: hostile HTTP traffic over raw TCP (any method, path, header, framing,
- * encoding, JSON shape and depth, body size, slow and half-sent bodies), interleaved with valid votes, definitions,
- * closes and reads on a small set of polls whose ids include every Object.prototype name. Run against the `memory`
- * stage and the `full` stage (two redis-servers, flushing every 200 ms). Checked after every request: the process is
- * up; every answer is valid HTTP/1.1 (a closed connection with no answer at all is a failure unless the client hung
- * up first); every non-2xx answer is JSON {"error","message"}; no 5xx but 503; HEAD answers as GET does; a well-formed
- * request gets the answer the contract gives it. At the end of every run, and after a flush (read back from Redis
- * directly in `full`): the counts equal the 200s exactly, every key present, none extra.
+ * encoding, JSON shape and depth, body size, slow and half-sent bodies, the listing's query), interleaved with valid
+ * votes, definitions, closes and reads (results, definitions, streams, listings, exports, the metrics, the API
+ * document and its page) on a small set of polls whose ids include every Object.prototype name. Run against the
+ * `memory` stage and the `full` stage (two redis-servers, flushing every 200 ms). Checked after every request: the
+ * process is up; every answer is valid HTTP/1.1 (a closed connection with no answer at all is a failure unless the
+ * client hung up first); every non-2xx answer is JSON {"error","message"}; no 5xx but 503; HEAD answers as GET does;
+ * a well-formed request gets the answer the contract gives it. At the end of every run, and after a flush (read back
+ * from Redis directly in `full`): the counts equal the 200s exactly, every key present, none extra.
  *
  * Each input class has two tests per stage: its hand-picked cases (every one tried, all failures listed), and random
  * runs of 1-8 requests mixing the class with valid traffic, which fast-check shrinks on a failure to the requests
@@ -196,6 +197,25 @@ const describeResponse = (r: Raw.RawResponse) =>
 
 const mediaType = (r: Raw.RawResponse) => (Raw.header(r, "content-type") ?? "").split(";")[0]!.trim().toLowerCase()
 
+/** What a 2xx other than JSON may be: a page, a stream, an export, the metrics, the docs page's script and style. */
+const SUCCESS_TYPES = new Set([
+  "text/html",
+  "text/event-stream",
+  "text/csv",
+  "text/plain",
+  "text/javascript",
+  "text/css"
+])
+
+/** The media type each of the served routes answers with (see Fuzz.Served). */
+const SERVED_TYPES: Readonly<Record<Fuzz.Served, string>> = {
+  metrics: "text/plain",
+  openapi: "application/json",
+  docs: "text/html",
+  "docs.js": "text/javascript",
+  "docs.css": "text/css"
+}
+
 /** What every answer must be, whatever was asked. */
 const generalProblems = (r: Raw.RawResponse, method: string): Array<string> => {
   const problems: Array<string> = []
@@ -217,7 +237,7 @@ const generalProblems = (r: Raw.RawResponse, method: string): Array<string> => {
     }
   } else if (type === "application/json") {
     if (!head && !jsonOf(r.body).ok) problems.push(`a ${r.status} JSON body that does not parse`)
-  } else if (type !== "text/html" && type !== "text/event-stream") {
+  } else if (!SUCCESS_TYPES.has(type)) {
     problems.push(`a ${r.status} with content-type ${show(type)}`)
   }
   return problems
@@ -365,6 +385,53 @@ const intentProblems = (model: Model, intent: Fuzz.Intent, r: Raw.RawResponse): 
     case "Root": {
       const problems = expectOne([{ status: 200 }])
       if (r.status === 200 && show(body) !== show({ status: "healthy" })) problems.push(`body ${show(body)}`)
+      return problems
+    }
+    case "List": {
+      const meaning = intent.meaning
+      if ("invalid" in meaning) return expectOne([{ status: 400, error: "invalid_request" }])
+      const problems = expectOne([{ status: 200 }])
+      if (r.status !== 200) return problems
+      const polls = body?.polls
+      if (!Array.isArray(polls)) return [...problems, `polls is ${show(polls)}`]
+      if (polls.length > meaning.limit) problems.push(`${polls.length} polls on a page of ${meaning.limit}`)
+      if (body.next_cursor !== null && typeof body.next_cursor !== "string") {
+        problems.push(`next_cursor is ${show(body.next_cursor)}`)
+      }
+      for (const poll of polls) {
+        if (typeof poll?.id !== "string" || typeof poll?.open !== "boolean") problems.push(`a poll ${show(poll, 120)}`)
+        else if (meaning.status !== "all" && poll.open !== (meaning.status === "open")) {
+          problems.push(`poll ${poll.id} (open: ${poll.open}) in a listing of status=${meaning.status}`)
+        }
+      }
+      return problems
+    }
+    case "Export": {
+      // Defined, or voted on (as this run found it, or since): exported; else never heard of.
+      const counts = [...expectedResults(model, intent.poll).values()]
+      const known = model.defs.has(intent.poll) || counts.some((n) => n === "unknown" || n > 0)
+      const problems = expectOne(known ? [{ status: 200 }] : [{ status: 404, error: "poll_not_found" }])
+      if (r.status !== 200) return problems
+      if (intent.format === "csv") {
+        return mediaType(r) === "text/csv" ? problems : [...problems, `a CSV export as ${mediaType(r)}`]
+      }
+      const rows = body?.results
+      if (body?.poll_id !== intent.poll || !Array.isArray(rows)) return [...problems, `export ${show(body)}`]
+      // As `results` would have them: by option id (a map without a prototype, so any id is a plain key).
+      const results: Record<string, unknown> = Object.create(null)
+      for (const row of rows) results[row?.option_id] = row?.votes
+      const total = rows.reduce((sum: number, row: any) => sum + (typeof row?.votes === "number" ? row.votes : 0), 0)
+      if (body.total_votes !== total) problems.push(`total_votes ${show(body.total_votes)}, the rows sum to ${total}`)
+      if ((body.poll === null) !== !model.defs.has(intent.poll)) problems.push(`poll ${show(body.poll, 120)}`)
+      return [...problems, ...compareResults(model, intent.poll, { results }).map((p) => `export: ${p}`)]
+    }
+    case "Served": {
+      const problems = expectOne([{ status: 200 }])
+      if (r.status !== 200) return problems
+      const type = SERVED_TYPES[intent.what]
+      if (mediaType(r) !== type) problems.push(`${intent.what} as ${mediaType(r)}, not ${type}`)
+      if (intent.what === "openapi" && body?.openapi !== "3.1.0") problems.push(`a document of ${show(body?.openapi)}`)
+      if (intent.what === "metrics" && !r.body.includes("livepoll_")) problems.push("metrics without livepoll_")
       return problems
     }
   }

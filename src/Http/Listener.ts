@@ -2,7 +2,8 @@ import { Effect, Layer, Runtime } from "effect"
 import { readFileSync } from "node:fs"
 import { createServer, type IncomingMessage, maxHeaderSize, type ServerResponse } from "node:http"
 import type { Socket } from "node:net"
-import { effectiveLimits, parseOpenFileLimit } from "../Config.js"
+import { effectiveLimits, parseOpenFileLimit, type RateLimits } from "../Config.js"
+import { RateLimiter } from "../RateLimit.js"
 import {
   BadRequest,
   ExpectationFailed,
@@ -39,6 +40,12 @@ export interface ServerOptions {
   readonly keepAliveTimeoutMs: number
   /** How long shutdown waits for open connections before cutting them. */
   readonly drainMs?: number
+  /** Per-client limits, kept by the RateLimiter service; undefined: off. */
+  readonly rateLimits?: RateLimits | undefined
+  /** Proxies in front that append to `X-Forwarded-For`. */
+  readonly trustProxy?: number
+  /** The share of hot-path requests with an access log line. */
+  readonly accessLogSample?: number
 }
 
 /** What a request node:http refused itself (it calls them client errors) is answered. */
@@ -78,7 +85,7 @@ const openFileLimit = () => {
  * Every answer is JSON, including those node:http would give itself: a connection over the cap, a request that is not
  * HTTP, headers too large, a request too slow to arrive. Those are written on the socket, which is then closed.
  */
-export const layer = (options: ServerOptions): Layer.Layer<never, Error, Services> =>
+export const layer = (options: ServerOptions): Layer.Layer<never, Error, Services | RateLimiter> =>
   Layer.scopedDiscard(
     Effect.gen(function* () {
       const fileLimit = openFileLimit()
@@ -86,11 +93,15 @@ export const layer = (options: ServerOptions): Layer.Layer<never, Error, Service
       const answered = new WeakSet<Socket>()
       const runtime = yield* Effect.runtime<Services>()
       const runFork = Runtime.runFork(runtime)
+      const limiter = yield* RateLimiter
       const { handler, hub } = makeHandler(runtime, {
         maxStreams: limits.streams,
         streamUpdateIntervalMs: options.streamUpdateIntervalMs,
         streamHeartbeatMs: options.streamHeartbeatMs,
-        answered
+        answered,
+        rateLimits: options.rateLimits && { limits: options.rateLimits, limiter },
+        trustProxy: options.trustProxy,
+        accessLogSample: options.accessLogSample
       })
       const server = createServer(
         {

@@ -4,14 +4,27 @@ import type { Refusal } from "./Errors.js"
 /** Messages that quote the request (a path, a schema's complaint) are cut to this many characters. */
 const MAX_MESSAGE_CHARS = 300
 
-/** What a request ends in: a status, a JSON body and any extra headers. */
+/** What a request ends in: a status, a JSON body (or a text of another type) and any extra headers. */
 export interface Reply {
   readonly status: number
   readonly body: unknown
   readonly headers?: Readonly<Record<string, string>>
+  /** A body that is not JSON (CSV, HTML, a script, the metrics' text format), sent as is with its content type. */
+  readonly text?: { readonly contentType: string; readonly content: string | Buffer }
 }
 
 export const reply = (status: number, body: unknown): Reply => ({ status, body })
+
+/** A reply whose body is `content`, of `contentType`, rather than JSON. */
+export const textReply = (
+  status: number,
+  contentType: string,
+  content: string | Buffer,
+  headers?: Readonly<Record<string, string>>
+): Reply =>
+  headers === undefined
+    ? { status, body: undefined, text: { contentType, content } }
+    : { status, body: undefined, text: { contentType, content }, headers }
 
 const truncate = (text: string) =>
   text.length <= MAX_MESSAGE_CHARS ? text : `${text.slice(0, MAX_MESSAGE_CHARS - 1)}\u2026`
@@ -41,11 +54,12 @@ export const rawAnswer = (e: Refusal): string => {
 /** Writes a reply, unless an answer has begun already or the connection is gone (or answered by the listener). */
 export const send = (res: ServerResponse, r: Reply) => {
   if (res.headersSent || res.destroyed || res.socket?.writableEnded === true) return
-  const json = JSON.stringify(r.body)
+  const contentType = r.text === undefined ? "application/json" : r.text.contentType
+  const content = r.text === undefined ? JSON.stringify(r.body) : r.text.content
   res.writeHead(r.status, {
-    "content-type": "application/json",
-    "content-length": Buffer.byteLength(json),
+    "content-type": contentType,
+    "content-length": Buffer.byteLength(content),
     ...r.headers
   })
-  res.end(json)
+  res.end(content)
 }

@@ -12,12 +12,30 @@ export const ROUTES = [
   ["POST", "/vote/{id}", "Vote"],
   ["GET", "/results/{id}", "Results"],
   ["POST", "/polls", "CreatePoll"],
+  ["GET", "/polls", "ListPolls"],
   ["GET", "/polls/{id}", "GetPoll"],
   ["POST", "/polls/{id}/close", "ClosePoll"],
-  ["GET", "/polls/{id}/stream", "Stream"]
+  ["GET", "/polls/{id}/stream", "Stream"],
+  ["GET", "/polls/{id}/results.csv", "ExportCsv"],
+  ["GET", "/polls/{id}/results.json", "ExportJson"],
+  ["GET", "/metrics", "Metrics"],
+  ["GET", "/openapi.json", "OpenApi"],
+  ["GET", "/docs", "Docs"],
+  ["GET", "/docs/swagger-ui.js", "DocsScript"],
+  ["GET", "/docs/swagger-ui.css", "DocsStyle"]
 ] as const
 
 type Entry = (typeof ROUTES)[number]
+
+/** Routes no rate limit applies to: liveness, scraping, and the API document with its page. */
+export const UNLIMITED: ReadonlySet<string> = new Set<Entry[2]>([
+  "Root",
+  "Metrics",
+  "OpenApi",
+  "Docs",
+  "DocsScript",
+  "DocsStyle"
+])
 type Matched<E extends Entry> = E[2] extends "GetPoll"
   ? { readonly _tag: E[2]; readonly pollId: string; readonly page: boolean }
   : E[1] extends `${string}{id}${string}`

@@ -1,5 +1,6 @@
 import { Duration, Effect, Layer, Option } from "effect"
 import type { PollId } from "../Domain.js"
+import { Metrics } from "../Metrics.js"
 import type { PollsShape } from "../Polls.js"
 import { asInner, InnerPolls, Polls } from "../Polls.js"
 import * as TtlCache from "../TtlCache.js"
@@ -20,18 +21,26 @@ export interface CacheOptions {
 export const make = (inner: PollsShape, options: CacheOptions) => {
   const ttlMs = Duration.toMillis(options.ttl)
   return Effect.map(
-    TtlCache.make({
-      capacity: options.capacity,
-      lookup: (pollId: PollId) => inner.get(pollId),
-      ttlMs: (found) => (Option.isSome(found) ? ttlMs : 0)
-    }),
-    (cache): PollsShape => {
+    Effect.zip(
+      TtlCache.make({
+        capacity: options.capacity,
+        lookup: (pollId: PollId) => inner.get(pollId),
+        ttlMs: (found) => (Option.isSome(found) ? ttlMs : 0)
+      }),
+      Metrics
+    ),
+    ([cache, metrics]): PollsShape => {
+      const lookups = metrics.cache("definitions")
+      const counted = <A>(found: { readonly value: A; readonly hit: boolean }) => {
+        if (found.hit) lookups.hit()
+        else lookups.miss()
+        return found.value
+      }
       const drop = (pollId: PollId) => Effect.sync(() => cache.invalidate(pollId))
       inner.onChanged((pollId) => cache.invalidate(pollId))
       return {
         ...inner,
-        get: (pollId) =>
-          inner.mayBeDefined(pollId) ? Effect.map(cache.get(pollId), (found) => found.value) : inner.get(pollId),
+        get: (pollId) => (inner.mayBeDefined(pollId) ? Effect.map(cache.get(pollId), counted) : inner.get(pollId)),
         // What the store holds now replaces whatever this instance had cached.
         getExact: (pollId) => Effect.zipLeft(inner.getExact(pollId), drop(pollId)),
         create: (poll, keyHash) => Effect.tap(inner.create(poll, keyHash), () => drop(poll.id)),

@@ -1,8 +1,9 @@
 import { Duration, Effect, Layer, Option, Runtime, Schedule, Schema } from "effect"
-import type { PollId } from "../Domain.js"
+import type { Redis } from "ioredis"
+import type { PollId, StoreUnavailable } from "../Domain.js"
 import { DefinitionLost, PollDefinition, PollExists, PollNotFound, TooManyPolls } from "../Domain.js"
-import type { CloseError, PollsShape } from "../Polls.js"
-import { checkOrganiserKey, Polls } from "../Polls.js"
+import type { CloseError, ListEntry, ListSource, PollsShape } from "../Polls.js"
+import { checkOrganiserKey, collectPage, Polls, positionKey, positionOf, positionOfKey } from "../Polls.js"
 import * as RedisClient from "../RedisClient.js"
 import * as Ring from "../Ring.js"
 
@@ -12,6 +13,15 @@ export const definitionKey = (pollId: string) => `poll:{${pollId}}:definition`
 export const organiserKey = (pollId: string) => `poll:{${pollId}}:organiser`
 /** Per node: the ids of the polls defined there, so an instance knows without a round trip that a poll is ad hoc. */
 export const INDEX_KEY = "livepoll:polls"
+/**
+ * Per node: the polls defined there in the listing's order, for paging without reading them all. Every member has
+ * score 0 and is the poll's `positionKey` (`<created_at in ms, 16 digits>:<id>`), so the set's lex order is the
+ * listing's and a page is one `ZRANGE … BYLEX REV LIMIT` from its cursor. (A Redis Cluster holds one such set per
+ * slot group instead, say `livepoll:polls:created:{<n>}`: this name leaves room for the suffix.)
+ */
+export const CREATED_KEY = "livepoll:polls:created"
+/** Polls whose created index entry is missing (defined before it existed) are added this many at a time at start. */
+const BACKFILL_CHUNK = 200
 const CREATED_CHANNEL = "livepoll:poll-created"
 const CLOSED_CHANNEL = "livepoll:poll-closed"
 const ACK_CHANNEL = "livepoll:poll-created-ack"
@@ -22,14 +32,15 @@ export const RESYNC_MS = 5000
 /** How long the start waits for a node to confirm the subscriptions (a node that is down does not confirm). */
 const SUBSCRIBE_WAIT_MS = 1000
 
-// KEYS: definition, index, organiser key hash. ARGV: definition, poll id, key hash, most definitions per node.
-// 0: the id is taken; -1: the node holds as many definitions as it may.
+// KEYS: definition, index, organiser key hash, created index. ARGV: definition, poll id, key hash, most definitions
+// per node, position key. 0: the id is taken; -1: the node holds as many definitions as it may.
 const CREATE_SCRIPT = `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[4]) then return -1 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[3], ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[4], 0, ARGV[5])
 return 1 + redis.call('PUBLISH', '${CREATED_CHANNEL}', ARGV[2])`
 
 const CLOSE_SCRIPT = `
@@ -43,6 +54,13 @@ redis.call('PUBLISH', '${CLOSED_CHANNEL}', decoded.id)
 return encoded`
 
 const decode = Schema.decodeUnknown(Schema.parseJson(PollDefinition))
+const decodeOption = Schema.decodeUnknownOption(Schema.parseJson(PollDefinition))
+
+interface NodeClient {
+  readonly name: string
+  readonly client: Redis
+  readonly call: ReturnType<typeof RedisClient.caller>
+}
 
 export interface PollsRedisOptions {
   /** How often the index of defined polls is read again, for announcements missed (`DEFINITIONS_RESYNC_MS`). */
@@ -58,13 +76,13 @@ export const make = Effect.fn("Polls.redis.make")(function* (
 ) {
   const ring = Ring.make(nodes.map((n) => n.name))
   const runFork = Runtime.runFork(yield* Effect.runtime<never>())
-  const clients = new Map(
+  const clients = new Map<string, NodeClient>(
     yield* Effect.forEach(nodes, (node) =>
       // Voter checks sit on the vote path: commands of one tick share a round trip.
       Effect.map(RedisClient.acquire(node, { autoPipelining: true }), (client) => {
         client.defineCommand("livepollClose", { numberOfKeys: 1, lua: CLOSE_SCRIPT })
-        client.defineCommand("livepollCreate", { numberOfKeys: 3, lua: CREATE_SCRIPT })
-        return [node.name, { client, call: RedisClient.caller(node) }] as const
+        client.defineCommand("livepollCreate", { numberOfKeys: 4, lua: CREATE_SCRIPT })
+        return [node.name, { name: node.name, client, call: RedisClient.caller(node) }] as const
       })
     )
   )
@@ -136,6 +154,76 @@ export const make = Effect.fn("Polls.redis.make")(function* (
     )
   }
 
+  /**
+   * A node's created index, with each entry's definition. An entry is stale (no poll) when the definition is gone
+   * (the node lost it; a poll defined again has a new entry), is not the one it was made for (another `created_at`),
+   * or belongs to another node by the ring (left behind where a poll moved from).
+   */
+  const source =
+    ({ name, client, call }: NodeClient): ListSource<StoreUnavailable> =>
+    (before, count) =>
+      call("list polls", () =>
+        client.zrange(CREATED_KEY, before === undefined ? "+" : `(${before}`, "-", "BYLEX", "REV", "LIMIT", 0, count)
+      ).pipe(
+        Effect.flatMap((keys) =>
+          keys.length === 0
+            ? Effect.succeed([])
+            : Effect.map(
+                call("read polls", () => client.mget(keys.map((key) => definitionKey(positionOfKey(key).id)))),
+                (texts) =>
+                  keys.map((key, i): ListEntry => {
+                    const id = positionOfKey(key).id
+                    const text = texts[i]
+                    const poll = text === null || text === undefined ? Option.none() : decodeOption(text)
+                    const current =
+                      Option.isSome(poll) &&
+                      poll.value.id === id &&
+                      positionKey(positionOf(poll.value)) === key &&
+                      Ring.nodeFor(ring, id) === name
+                    return { key, poll: current ? poll.value : undefined }
+                  })
+              )
+        )
+      )
+  const sources = [...clients.values()].map(source)
+
+  /**
+   * Polls defined before the created index existed are not in it: at start, a node whose index holds fewer entries
+   * than its set of defined polls has them added, BACKFILL_CHUNK at a time, in the background (tried again every
+   * resync until it has run once). Each entry is made from the definition, so adding one twice changes nothing.
+   */
+  const backfill = Effect.fnUntraced(function* ({ name, client, call }: NodeClient) {
+    const [defined, indexed] = yield* Effect.all([
+      call("count polls", () => client.scard(INDEX_KEY)),
+      call("count listed polls", () => client.zcard(CREATED_KEY))
+    ])
+    if (indexed >= defined) return
+    let cursor = "0"
+    let added = 0
+    do {
+      const [next, ids] = yield* call("scan polls", () => client.sscan(INDEX_KEY, cursor, "COUNT", BACKFILL_CHUNK))
+      cursor = next
+      if (ids.length === 0) continue
+      const texts = yield* call("read polls", () => client.mget(ids.map(definitionKey)))
+      const keys = texts.flatMap((text) => {
+        const poll = text === null ? Option.none() : decodeOption(text)
+        return Option.isSome(poll) ? [positionKey(positionOf(poll.value))] : []
+      })
+      if (keys.length === 0) continue
+      added += yield* call("index polls", () => client.zadd(CREATED_KEY, ...keys.flatMap((key) => [0, key])))
+    } while (cursor !== "0")
+    yield* Effect.logInfo(`node ${name}: ${added} polls defined earlier added to the listing`)
+  })
+  yield* Effect.forEach(
+    clients.values(),
+    (node) =>
+      backfill(node).pipe(
+        Effect.retry(Schedule.spaced(Duration.millis(options.resyncMs ?? RESYNC_MS))),
+        Effect.forkScoped
+      ),
+    { discard: true }
+  )
+
   const shape: PollsShape = {
     create: (poll, keyHash) => {
       const { client, call } = nodeFor(poll.id)
@@ -160,10 +248,12 @@ export const make = Effect.fn("Polls.redis.make")(function* (
           definitionKey(poll.id),
           INDEX_KEY,
           organiserKey(poll.id),
+          CREATED_KEY,
           JSON.stringify(poll),
           poll.id,
           keyHash,
-          String(maxPolls)
+          String(maxPolls),
+          positionKey(positionOf(poll))
         )
       ).pipe(
         Effect.flatMap((result): Effect.Effect<PollDefinition, PollExists | TooManyPolls> => {
@@ -180,6 +270,7 @@ export const make = Effect.fn("Polls.redis.make")(function* (
     },
     get: (pollId) => (defined.has(pollId) ? read(pollId) : Effect.succeedNone),
     getExact: read,
+    list: (query) => collectPage(sources, query),
     mayBeDefined: (pollId) => defined.has(pollId),
     onChanged: (listener) => void changeListeners.push(listener),
     close: (pollId, key) => {

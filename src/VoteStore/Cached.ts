@@ -1,5 +1,6 @@
 import { Duration, Effect, Layer } from "effect"
 import type { PollId } from "../Domain.js"
+import { Metrics } from "../Metrics.js"
 import * as TtlCache from "../TtlCache.js"
 import type { VoteStoreShape } from "../VoteStore.js"
 import { InnerStore, VoteStore } from "../VoteStore.js"
@@ -19,6 +20,7 @@ export interface CacheOptions {
 export const make = Effect.fn("VoteStore.cached.make")(function* (inner: VoteStoreShape, options: CacheOptions) {
   const ttlMs = Duration.toMillis(options.ttl)
   const capacity = options.capacity ?? 100_000
+  const lookups = (yield* Metrics).cache("results")
   // Invalidating an entry keeps a read already on its way from storing its answer, but the callers waiting on that
   // read still get it. So each snapshot remembers when its read began, and one that began before its poll's last
   // flush counts as a miss.
@@ -52,8 +54,16 @@ export const make = Effect.fn("VoteStore.cached.make")(function* (inner: VoteSto
     ...inner,
     results: (pollId) =>
       Effect.flatMap(cache.get(pollId), ({ value: { result, readAt }, hit }) => {
-        if (!hit) return Effect.succeed(result)
-        if (current(pollId, readAt)) return Effect.succeed({ counts: result.counts, servedVia: APP_CACHE })
+        if (!hit) {
+          lookups.miss()
+          return Effect.succeed(result)
+        }
+        if (current(pollId, readAt)) {
+          lookups.hit()
+          return Effect.succeed({ counts: result.counts, servedVia: APP_CACHE })
+        }
+        // A snapshot older than its poll's last flush: read again, as on a miss.
+        lookups.miss()
         cache.invalidate(pollId)
         return inner.results(pollId)
       }),

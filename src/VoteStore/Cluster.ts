@@ -1,9 +1,11 @@
-import { Duration, Effect, Exit, Layer, Runtime, Scope } from "effect"
-import { Cluster, type ClusterOptions, type Redis } from "ioredis"
+import { Effect, Exit, Layer, Runtime, Scope } from "effect"
+import type { Cluster, Redis } from "ioredis"
 import type { OptionId, PollId, VoteError } from "../Domain.js"
 import { AlreadyVoted, MAX_OPTIONS_PER_POLL, newCounts, StoreUnavailable, TooManyOptions } from "../Domain.js"
 import { Metrics } from "../Metrics.js"
 import * as RedisClient from "../RedisClient.js"
+import * as ClusterClient from "../RedisClient/Cluster.js"
+import { SLOTS, slotOf } from "../RedisClient/Cluster.js"
 import { type Batch, MAX_POLLS_PER_BATCH, VoteStore, type VoteStoreShape } from "../VoteStore.js"
 import {
   BATCH_MEMORY_SECONDS,
@@ -16,23 +18,27 @@ import {
   votersKey
 } from "./Redis.js"
 
+export { slotOf }
+
 /** `served_via` of every read, and the name the cluster's calls fail under. */
 export const REDIS_CLUSTER = "redis_cluster"
 
-const SLOTS = 16_384
 /**
  * Write-behind partitions: contiguous ranges of slots. A master serves a few ranges, so its outage stalls the queues
  * of its ranges only; each batch is split per poll anyway, so more queues would buy nothing.
  */
 export const SLOT_GROUPS = 16
-/** The start waits at most this long for the cluster; a cluster that is down does not hold it up. */
-const READY_WAIT_MS = 1000
 
 export interface ClusterStoreOptions {
   /** Any nodes of the cluster (`redis://host:port`); the rest are found from them. */
   readonly seeds: ReadonlyArray<string>
-  /** Replicas that must hold a batch part (`WAIT`) before `applyBatch` succeeds; 0: no `WAIT`. */
-  readonly waitReplicas: number
+  /**
+   * Replicas that must hold a batch part (`WAIT`) before `applyBatch` succeeds; 0: no `WAIT`. `auto`: 1 if every
+   * master has a replica when the store starts (or the cluster cannot be asked: the safe side), else 0. Decided once:
+   * a master promoted after a failover has no replica until the old one returns, and that is exactly when a batch
+   * confirmed on it alone could be lost.
+   */
+  readonly waitReplicas: number | "auto"
   /** How long a command may go unanswered before it fails; RedisClient.COMMAND_TIMEOUT_MS if unset. */
   readonly commandTimeoutMs?: number
   /** How long `WAIT` waits for the replicas; half the command time-out if unset, so its answer comes back in time. */
@@ -69,117 +75,8 @@ interface PartPipeline {
   exec(): Promise<Array<[Error | null, unknown]> | null>
 }
 
-const CRC16_TABLE = (() => {
-  const table = new Uint16Array(256)
-  for (let i = 0; i < 256; i++) {
-    let crc = i << 8
-    for (let bit = 0; bit < 8; bit++) crc = crc & 0x8000 ? (crc << 1) ^ 0x1021 : crc << 1
-    table[i] = crc & 0xffff
-  }
-  return table
-})()
-
-/**
- * The slot of a poll's keys: CRC16 (XMODEM) of the hash tag, that is the poll id (ids have no braces), mod 16384.
- * Computed here because ioredis keeps its own (`cluster-key-slot`) to itself.
- */
-export const slotOf = (pollId: string): number => {
-  let crc = 0
-  for (const byte of Buffer.from(pollId)) crc = ((crc << 8) & 0xffff) ^ CRC16_TABLE[((crc >> 8) ^ byte) & 0xff]!
-  return crc % SLOTS
-}
-
 export const partitionOf = (pollId: string): string =>
   `slot-group-${Math.floor((slotOf(pollId) * SLOT_GROUPS) / SLOTS)}`
-
-/** A node's address as ioredis names it in `slots` and its pool. */
-const nodeKey = (node: Redis) => `${node.options.host}:${node.options.port}`
-
-const startupNodes = (seeds: ReadonlyArray<string>) =>
-  seeds.map((seed) => {
-    const url = new URL(seed)
-    return { host: url.hostname, port: url.port === "" ? 6379 : Number(url.port) }
-  })
-
-/** Credentials of the first seed, for every node: ioredis gives a seed URL's password to that seed only. */
-const credentials = (seeds: ReadonlyArray<string>) => {
-  const url = seeds[0] === undefined ? undefined : new URL(seeds[0])
-  return {
-    ...(url?.username ? { username: decodeURIComponent(url.username) } : {}),
-    ...(url?.password ? { password: decodeURIComponent(url.password) } : {})
-  }
-}
-
-interface ConnectOptions {
-  readonly autoPipelining?: boolean
-  /** Which of the store's clients: in logs. */
-  readonly role: string
-}
-
-/**
- * An ioredis Cluster client in the current scope, quit when the scope closes. Commands fail at once while the cluster
- * is not ready (no offline queue: its commands would ignore the command time-out, ioredis#1604) and each command
- * times out on its node; nodes that drop are reconnected by themselves (by default ioredis waits for a MOVED).
- */
-const acquire = (options: ClusterStoreOptions, connect: ConnectOptions) =>
-  Effect.gen(function* () {
-    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
-    const clusterOptions: ClusterOptions = {
-      lazyConnect: true,
-      enableOfflineQueue: false,
-      enableAutoPipelining: connect.autoPipelining === true,
-      clusterRetryStrategy: (attempt) => Math.min(attempt * 100, 1000),
-      clusterNodeRetryStrategy: (attempt) => Math.min(attempt * 100, 1000),
-      redisOptions: {
-        ...credentials(options.seeds),
-        commandTimeout: RedisClient.commandTimeoutOf(options),
-        connectTimeout: READY_WAIT_MS,
-        maxRetriesPerRequest: 1
-      }
-    }
-    const client = yield* Effect.acquireRelease(
-      Effect.sync(() => new Cluster(startupNodes(options.seeds), clusterOptions)),
-      (client) =>
-        (client.status === "ready" ? Effect.promise(() => client.quit()) : Effect.void).pipe(
-          Effect.interruptible,
-          Effect.timeout(Duration.seconds(1)),
-          Effect.ignore,
-          Effect.ensuring(Effect.sync(() => client.disconnect()))
-        )
-    )
-    let ready: boolean | undefined = undefined
-    client.on("ready", () => {
-      ready = true
-      runFork(
-        Effect.logInfo(`redis cluster connected (${connect.role})`).pipe(Effect.annotateLogs("seeds", options.seeds))
-      )
-    })
-    const lost = (error: Error) => {
-      if (ready !== false) {
-        ready = false
-        runFork(Effect.logWarning(`redis cluster unreachable (${connect.role}): ${error.message}`))
-      }
-    }
-    client.on("error", lost)
-    client.on("node error", (error: Error, key: string) =>
-      runFork(Effect.logDebug(`redis cluster node ${key}: ${error.message}`))
-    )
-    yield* Effect.async<void>((resume) => {
-      const timer = setTimeout(() => resume(Effect.void), READY_WAIT_MS)
-      client.connect().then(
-        () => {
-          clearTimeout(timer)
-          resume(Effect.void)
-        },
-        (error: Error) => {
-          clearTimeout(timer)
-          lost(error)
-          resume(Effect.void)
-        }
-      )
-    })
-    return client
-  })
 
 const withScripts = (client: Cluster): LivepollCluster => {
   client.defineCommand("livepollVote", { numberOfKeys: 1, lua: VOTE_SCRIPT })
@@ -205,7 +102,7 @@ const nodeClocks = (client: Cluster, timeoutMs: number) =>
       runSync(Scope.close(clock.scope, Exit.void))
     }
     const add = (node: Redis) => {
-      const key = nodeKey(node)
+      const key = ClusterClient.nodeKey(node)
       forget(key)
       const scope = runSync(Scope.make())
       const clock = runSync(Scope.extend(RedisClient.serverClock(node, timeoutMs), scope))
@@ -213,7 +110,7 @@ const nodeClocks = (client: Cluster, timeoutMs: number) =>
     }
     client.on("+node", add)
     client.on("-node", (node: Redis) => {
-      if (clocks.get(nodeKey(node)) !== undefined) forget(nodeKey(node))
+      if (clocks.get(ClusterClient.nodeKey(node)) !== undefined) forget(ClusterClient.nodeKey(node))
     })
     for (const node of client.nodes("all")) add(node)
     yield* Effect.addFinalizer(() => Effect.sync(() => [...clocks.keys()].forEach(forget)))
@@ -240,18 +137,30 @@ const groupBy = <V>(entries: Iterable<readonly [PollId, V]>, keyOf: (pollId: Pol
   return groups
 }
 
+/** 1 when every slot's master had a replica as the client last saw the cluster, 0 when one had none. */
+const replicasAtStart = (client: Cluster): number => {
+  const owners = client.slots.filter((nodes) => nodes !== undefined && nodes.length > 0)
+  if (client.status !== "ready" || owners.length === 0) return 1
+  return owners.every((nodes) => nodes.length > 1) ? 1 : 0
+}
+
 export const make = Effect.fn("VoteStore.cluster.make")(function* (options: ClusterStoreOptions) {
   const timeoutMs = RedisClient.commandTimeoutOf(options)
   // The cluster's error counters exist from the start, at 0 until a command fails (see RedisClient.caller).
   ;(yield* Metrics).redisNode(REDIS_CLUSTER)
   const waitTimeoutMs = options.waitTimeoutMs ?? Math.floor(timeoutMs / 2)
-  const client = withScripts(yield* acquire(options, { role: "commands" }))
+  const client = withScripts(yield* ClusterClient.acquire(options, { role: "commands" }))
   // One-vote-per-voter votes are never buffered: concurrent ones share a round trip per node.
-  const pipelined = withScripts(yield* acquire(options, { role: "voters", autoPipelining: true }))
+  const pipelined = withScripts(yield* ClusterClient.acquire(options, { role: "voters", autoPipelining: true }))
   // WAIT blocks its connection until the replicas answer: batches get connections of their own, so votes and reads
   // never queue behind it.
-  const flusher = withScripts(yield* acquire(options, { role: "batches" }))
+  const flusher = withScripts(yield* ClusterClient.acquire(options, { role: "batches" }))
   const deadline = yield* nodeClocks(client, timeoutMs)
+  const waitReplicas = options.waitReplicas === "auto" ? replicasAtStart(client) : options.waitReplicas
+  yield* Effect.logInfo(
+    `redis cluster: a flushed batch is confirmed once ${waitReplicas} replica(s) hold it` +
+      (options.waitReplicas === "auto" ? " (REDIS_WAIT_REPLICAS unset: from the cluster's shape at start)" : "")
+  )
   const call = RedisClient.caller({ name: REDIS_CLUSTER, commandTimeoutMs: timeoutMs })
   const tooLate = new StoreUnavailable({ node: REDIS_CLUSTER, reason: "the vote reached the node after its deadline" })
 
@@ -271,7 +180,7 @@ export const make = Effect.fn("VoteStore.cluster.make")(function* (options: Clus
           for (const [optionId, n] of increments) amounts.push(optionId, n)
           pipeline.livepollApplyPart(batchKey(pollId, batchId), countsKey(pollId), BATCH_MEMORY_SECONDS, ...amounts)
         }
-        if (options.waitReplicas > 0) pipeline.wait(options.waitReplicas, waitTimeoutMs)
+        if (waitReplicas > 0) pipeline.wait(waitReplicas, waitTimeoutMs)
         return pipeline.exec()
       }),
       (replies): Effect.Effect<void, StoreUnavailable> => {
@@ -282,12 +191,12 @@ export const make = Effect.fn("VoteStore.cluster.make")(function* (options: Clus
           if (replies.some(([error]) => error !== null && isRedirect(error))) flusher.refreshSlotsCache()
           return new StoreUnavailable({ node: REDIS_CLUSTER, reason: `${what} failed: ${failed.message}` })
         }
-        if (options.waitReplicas > 0) {
+        if (waitReplicas > 0) {
           const acked = Number(replies[parts.length]![1])
-          if (acked < options.waitReplicas) {
+          if (acked < waitReplicas) {
             return new StoreUnavailable({
               node: REDIS_CLUSTER,
-              reason: `${what}: ${acked} of ${options.waitReplicas} replicas confirmed it within ${waitTimeoutMs} ms`
+              reason: `${what}: ${acked} of ${waitReplicas} replicas confirmed it within ${waitTimeoutMs} ms`
             })
           }
         }
@@ -381,8 +290,8 @@ export const make = Effect.fn("VoteStore.cluster.make")(function* (options: Clus
     health: Effect.suspend(() => {
       // The masters ioredis is connected to, and the masters its slot map names: a master that dropped out of the
       // pool still owns its slots until a replica takes them over.
-      const pool = new Map(client.nodes("all").map((node) => [nodeKey(node), node]))
-      const masters = new Set(client.nodes("master").map(nodeKey))
+      const pool = new Map(client.nodes("all").map((node) => [ClusterClient.nodeKey(node), node]))
+      const masters = new Set(client.nodes("master").map(ClusterClient.nodeKey))
       for (const owners of client.slots) if (owners?.[0] !== undefined) masters.add(owners[0])
       if (masters.size === 0) {
         return Effect.succeed({ nodes: [{ name: REDIS_CLUSTER, reachable: false }], pendingVotes: 0 })

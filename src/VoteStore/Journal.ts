@@ -3,6 +3,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import type { Health, OptionId, PollId } from "../Domain.js"
 import { JournalFailed } from "../Domain.js"
+import { Metrics } from "../Metrics.js"
 import { type Batch, type Increments } from "../VoteStore.js"
 
 /**
@@ -152,6 +153,7 @@ const describe = (error: unknown) => (error instanceof Error ? error.message : S
 
 export const makeFile = Effect.fn("Journal.makeFile")(function* (dir: string, files: JournalFs = nodeFs) {
   const clock = yield* Effect.clock
+  const metrics = yield* Metrics
   files.mkdirSync(dir, { recursive: true })
   const file = path.join(dir, "votes.journal")
   const existing = files.existsSync(file) ? files.readFileSync(file) : Buffer.alloc(0)
@@ -227,7 +229,11 @@ export const makeFile = Effect.fn("Journal.makeFile")(function* (dir: string, fi
         if (error !== null) return failed(error)
         if (written <= 0) return failed(new Error("journal write made no progress"))
         if (offset + written < data.length) return writeFrom(offset + written)
-        files.fdatasync(target, (synced) => (synced === null ? finish(null) : failed(synced)))
+        const syncing = performance.now()
+        files.fdatasync(target, (synced) => {
+          metrics.fsyncObserved((performance.now() - syncing) / 1000)
+          return synced === null ? finish(null) : failed(synced)
+        })
       })
     if (!dirty) return writeFrom(0)
     files.ftruncate(target, good, (cut) => {

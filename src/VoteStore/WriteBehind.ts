@@ -5,6 +5,7 @@ import type { JournalShape } from "./Journal.js"
 import { addCounts, BufferFull, copyCounts, MAX_OPTIONS_PER_POLL, TooManyOptions } from "../Domain.js"
 import type { ExactResults, VoteStoreShape } from "../VoteStore.js"
 import { InnerStore, VoteStore } from "../VoteStore.js"
+import { type FlushRecorder, Metrics } from "../Metrics.js"
 import { MAX_POLLS_PER_BATCH, type Batch, type Increments } from "../VoteStore.js"
 
 export interface WriteBehindOptions {
@@ -41,6 +42,8 @@ type Counter = Map<PollId, Map<OptionId, number>>
 /** One queue per store partition (a shard): an outage of one partition never holds up the others. */
 interface Partition {
   readonly name: string
+  /** This partition's (node's) flush metrics. */
+  readonly flushed: FlushRecorder
   pending: Counter
   /** Handed to the store and not yet confirmed; retried under the same id until it is. */
   inflight: (Batch & { readonly votes: number; readonly entries: number }) | undefined
@@ -109,6 +112,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
   const retries = retryPolicy(options.flushRetries ?? FLUSH_RETRIES)
   const gatherReads = options.gatherReads ?? ((read: () => void) => void setImmediate(read))
   const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+  const metrics = yield* Metrics
   const partitions = new Map<string, Partition>()
   let sequence = 0
   let bufferedEntries = 0
@@ -119,6 +123,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     if (partition === undefined) {
       partition = {
         name,
+        flushed: metrics.flushes(name),
         pending: new Map(),
         inflight: undefined,
         pendingVotes: 0,
@@ -233,9 +238,14 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     const journaled = partition.inflightJournaled
       ? Effect.void
       : journal.sealed(partition.name, batch).pipe(Effect.tap(() => (partition.inflightJournaled = true)))
+    const started = performance.now()
+    let attempts = 0
     const exit = yield* journaled.pipe(
       Effect.zipRight(
-        inner.applyBatch(batch).pipe(
+        Effect.suspend(() => {
+          attempts++
+          return inner.applyBatch(batch)
+        }).pipe(
           Effect.tapError((e) => Effect.logWarning(`flush of batch ${batch.id} to ${partition.name}: ${e.message}`)),
           Effect.retry(retries)
         )
@@ -243,6 +253,12 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
       Effect.exit
     )
     const now = yield* Clock.currentTimeMillis
+    partition.flushed.batch({
+      ok: Exit.isSuccess(exit),
+      seconds: (performance.now() - started) / 1000,
+      retries: Math.max(0, attempts - 1),
+      votes: batch.votes
+    })
     if (Exit.isSuccess(exit)) {
       partition.inflight = undefined
       partition.epoch++
@@ -316,6 +332,16 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
   yield* journal.compact(journalState).pipe(survive("journal compaction"))
 
   const lock = yield* Effect.makeSemaphore(1)
+
+  // What the buffer holds, per node, read at each scrape; no longer once the buffer is gone.
+  const unregister = metrics.buffered(maxEntries, () =>
+    [...partitions.values()].map((p) => ({
+      node: p.name,
+      votes: p.pendingVotes + (p.inflight?.votes ?? 0),
+      entries: p.pendingEntries + (p.inflight?.entries ?? 0)
+    }))
+  )
+  yield* Effect.addFinalizer(() => Effect.sync(unregister))
 
   /** Flush every partition once, concurrently. Returns the votes confirmed and the votes still buffered. */
   const flushOnce = lock.withPermits(1)(

@@ -301,6 +301,8 @@ describe("poll page", () => {
     expect(await page.evaluate(() => document.activeElement?.textContent)).toBe("Tomato soup")
     expect(await page.getByRole("button", { name: "Tomato soup" }).getAttribute("aria-describedby")).toMatch(/\S/)
 
+    // The exports are offered once the results are final, not before.
+    expect(await page.getByRole("link", { name: "CSV" }).isVisible()).toBe(false)
     const authorization = `Bearer ${organiserKeys.get(pollId)}`
     expect((await app.request("POST", `/api/v1/polls/${pollId}/close`, undefined, { authorization })).status).toBe(200)
     await until(
@@ -310,6 +312,21 @@ describe("poll page", () => {
     )
     for (const button of await page.getByRole("button").all()) expect(await button.isDisabled()).toBe(true)
     expect(await page.locator("#live").textContent()).toBe("Final results")
+    const links = page.locator("#closed a")
+    expect(await links.evaluateAll((as) => as.map((a) => [a.textContent, a.getAttribute("href")]))).toEqual([
+      ["CSV", `/api/v1/polls/${pollId}/results.csv`],
+      ["JSON", `/api/v1/polls/${pollId}/results.json`]
+    ])
+    for (const link of await links.all()) expect(await link.isVisible()).toBe(true)
+    // Each link is the final count, from the page's own origin (its policy lets it read only that).
+    const exported = await page.evaluate(
+      async (href) => (await fetch(href)).json(),
+      `/api/v1/polls/${pollId}/results.json`
+    )
+    expect(exported).toMatchObject({ final: true, total_votes: 3, results: [{ votes: 2 }, { votes: 1 }] })
+    const download = page.waitForEvent("download")
+    await page.getByRole("link", { name: "CSV" }).click()
+    expect((await download).suggestedFilename()).toBe(`${pollId}-results.csv`)
     await page.close()
   })
 

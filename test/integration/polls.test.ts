@@ -466,6 +466,93 @@ describe.each(["memory", "redis", "batched", "sharded", "full"])("one vote per v
   })
 })
 
+describe.each(["memory", "redis", "batched", "sharded", "full"])("listing and export, %s stage", (stage) => {
+  const apps = () => {
+    const list = stages[stage]!
+    return [list[0]!, list[list.length - 1]!] as const
+  }
+  /** Every page of the listing on `app`, following next_cursor. */
+  const listed = async (app: App, query: string) => {
+    const polls: Array<{ id: string; open: boolean }> = []
+    let cursor: string | null = null
+    do {
+      const reply = await app.request("GET", `/api/v1/polls?${query}${cursor === null ? "" : `&cursor=${cursor}`}`)
+      expect(reply.status, reply.text).toBe(200)
+      polls.push(...reply.json.polls)
+      cursor = reply.json.next_cursor
+    } while (cursor !== null)
+    return polls
+  }
+
+  it("lists polls created on another process, newest first, each once, with open and closed apart", async () => {
+    const [a, b] = apps()
+    const created: Array<string> = []
+    for (let i = 0; i < 4; i++) {
+      const reply = await create(a, draft({ id: pollId(`listed-${stage}`) }))
+      expect(reply.status).toBe(201)
+      created.push(reply.json.id)
+    }
+    expect((await closePoll(a, created[1]!)).status).toBe(200)
+    const all = await listed(b, "limit=7")
+    expect(new Set(all.map((p) => p.id)).size).toBe(all.length)
+    const own = all.filter((p) => created.includes(p.id))
+    // Created one after the other, so newest first is the reverse (polls of one millisecond go by id, and these ids
+    // end in increasing numbers of the same length only by chance: compare as the listing orders).
+    const createdAt = new Map(
+      await Promise.all(created.map(async (id) => [id, (await getPoll(b, id)).json.created_at as string] as const))
+    )
+    const expected = [...created].sort((x, y) =>
+      createdAt.get(x) !== createdAt.get(y) ? (createdAt.get(x)! < createdAt.get(y)! ? 1 : -1) : x < y ? 1 : -1
+    )
+    expect(own.map((p) => p.id)).toEqual(expected)
+    expect(own.find((p) => p.id === created[1])?.open).toBe(false)
+    const open = (await listed(b, "status=open&limit=100")).map((p) => p.id)
+    const closed = (await listed(b, "status=closed&limit=100")).map((p) => p.id)
+    expect(expected.filter((id) => open.includes(id))).toEqual(expected.filter((id) => id !== created[1]))
+    expect(expected.filter((id) => closed.includes(id))).toEqual([created[1]])
+  })
+
+  it("exports the counts this process has taken at once, and another process's once they are flushed", async () => {
+    const [a, b] = apps()
+    const id = pollId(`export-${stage}`)
+    expect(
+      (await create(a, draft({ id, options: [...options("A", "B"), { id: "-c", label: "=1+1, or not" }] }))).status
+    ).toBe(201)
+    for (const option of ["A", "A", "-c"]) expect((await vote(a, id, option)).status).toBe(200)
+    const json = await a.request("GET", `/api/v1/polls/${id}/results.json`)
+    expect(json.json).toMatchObject({
+      poll_id: id,
+      poll: { id, question: "Which one?", open: true },
+      results: [
+        { option_id: "A", label: "Option A", votes: 2 },
+        { option_id: "B", label: "Option B", votes: 0 },
+        { option_id: "-c", label: "=1+1, or not", votes: 1 }
+      ],
+      total_votes: 3,
+      final: false
+    })
+    const csv = await a.request("GET", `/polls/${id}/results.csv`)
+    expect(csv.headers.get("content-type")).toBe("text/csv; charset=utf-8")
+    expect(csv.headers.get("content-disposition")).toBe(`attachment; filename="${id}-results.csv"`)
+    expect(csv.text).toBe(
+      "poll_id,question,option_id,label,votes\r\n" +
+        `${id},Which one?,A,Option A,2\r\n${id},Which one?,B,Option B,0\r\n${id},Which one?,'-c,"'=1+1, or not",1\r\n`
+    )
+    // Another process sees them once they are in the store (at once, but for a buffer's flush).
+    await eventually(
+      async () =>
+        (await b.request("GET", `/api/v1/polls/${id}/results.json`)).json.total_votes === 3 ? true : undefined,
+      { timeoutMs: 5000, what: `${stage}: the other process to export 3 votes` }
+    )
+    expect((await closePoll(b, id)).status).toBe(200)
+    expect((await a.request("GET", `/api/v1/polls/${id}/results.json`)).json).toMatchObject({
+      final: true,
+      poll: { closed: true, open: false }
+    })
+    expectError(await a.request("GET", `/api/v1/polls/${pollId("never")}/results.csv`), 404, "poll_not_found")
+  })
+})
+
 describe.each(["memory", "redis"])("MAX_POLLS, %s stage", (stage) => {
   it("refuses a definition past MAX_POLLS with 409 too_many_polls, and keeps the ones it holds", async () => {
     const redis = stage === "redis" ? await startRedis() : undefined

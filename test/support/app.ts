@@ -76,7 +76,8 @@ process.once("exit", () => {
 const appEnv = (port: number, env: Readonly<Record<string, string>>): NodeJS.ProcessEnv => {
   const base: NodeJS.ProcessEnv = { ...process.env }
   for (const name of APP_VARIABLES) delete base[name]
-  return { ...base, HOST: "127.0.0.1", PORT: String(port), ...env }
+  // Rate limits off unless a test asks for them: tests send thousands of requests from one address.
+  return { ...base, HOST: "127.0.0.1", PORT: String(port), RATE_LIMIT: "off", ...env }
 }
 
 const command = (built: boolean): [string, Array<string>] =>

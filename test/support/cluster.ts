@@ -70,7 +70,7 @@ const isFree = (port: number) =>
   })
 
 /** Free ports whose cluster bus port is free too, all distinct from each other's. */
-const freeNodePorts = async (n: number): Promise<Array<number>> => {
+export const freeNodePorts = async (n: number): Promise<Array<number>> => {
   const ports: Array<number> = []
   const taken = new Set<number>()
   while (ports.length < n) {

@@ -55,6 +55,10 @@ export type Intent =
   | { readonly _tag: "Stream"; readonly poll: string }
   | { readonly _tag: "Health" }
   | { readonly _tag: "Root" }
+  | { readonly _tag: "List"; readonly meaning: ListMeaning }
+  | { readonly _tag: "Export"; readonly poll: string; readonly format: "csv" | "json" }
+  /** The metrics, the API document, its page and the page's files: served whatever the state. */
+  | { readonly _tag: "Served"; readonly what: Served }
   | { readonly _tag: "Any" }
 
 const ANY: Intent = { _tag: "Any" }
@@ -242,13 +246,110 @@ const segmentArb: fc.Arbitrary<Bytes> = fc.oneof(
 const joinBytes = (parts: ReadonlyArray<Bytes>): Bytes =>
   parts.every((p) => typeof p === "string") ? parts.join("") : Buffer.concat(parts.map(buf))
 
+/** What `GET /polls` must make of its query: the parameters it uses, or a refusal (400 invalid_request). */
+export type ListMeaning =
+  { readonly status: "open" | "closed" | "all"; readonly limit: number } | { readonly invalid: string }
+
+export interface ListQuery {
+  /** "" or `?` and the parameters, as sent. */
+  readonly text: string
+  readonly meaning: ListMeaning
+}
+
+type ListParam = "status" | "limit" | "cursor"
+
+/** One of the listing's own parameters: left out, a value it takes, one it refuses, or given twice. */
+const listParamArb = (
+  name: ListParam,
+  valid: ReadonlyArray<string>,
+  invalid: ReadonlyArray<string>
+): fc.Arbitrary<{ readonly pairs: ReadonlyArray<string>; readonly value?: string; readonly refused?: string }> =>
+  fc.oneof(
+    { weight: 4, arbitrary: fc.constant({ pairs: [] }) },
+    ...(valid.length === 0
+      ? []
+      : [{ weight: 4, arbitrary: fromList(valid).map((v) => ({ pairs: [`${name}=${v}`], value: v })) }]),
+    {
+      weight: 1,
+      arbitrary: fromList(invalid).map((v) => ({ pairs: [`${name}=${v}`], refused: `${name}=${v.slice(0, 20)}` }))
+    },
+    {
+      weight: 1,
+      arbitrary: fromList([...valid, ...invalid]).map((v) => ({
+        pairs: [`${name}=${v}`, `${name}=${v}`],
+        refused: `${name} twice`
+      }))
+    }
+  )
+
+/** Parameters the listing ignores: names it does not have (Object.prototype's among them), any value. */
+const ignoredParamArb = fc
+  .tuple(
+    fc.constantFrom("x", "Status", "LIMIT", "page", "q", "__proto__", "constructor", "toString", "cursor_", "limit "),
+    fc.constantFrom("", "1", "open", "%zz", "%00", "%E0%A4%A", "a+b", "__proto__", "-1", "%26")
+  )
+  .map(([name, value]) => `${name.replace(" ", "%20")}=${value}`)
+
+/**
+ * A query of `GET /polls`, with what it means. Valid cursors are left out (only the server can write one); the
+ * refused ones cannot decode as one (a character a cursor never has, or longer than any).
+ */
+export const listQueryArb: fc.Arbitrary<ListQuery> = fc
+  .tuple(
+    listParamArb("status", ["open", "closed", "all"], ["", "OPEN", "opened", "open,closed", "__proto__", "open%20"]),
+    listParamArb(
+      "limit",
+      ["1", "2", "20", "99", "100"],
+      ["0", "101", "-1", "1.5", "01", "1e2", "", "+1", "abc", "1".repeat(20)]
+    ),
+    listParamArb("cursor", [], ["", "a.b", "%zz", "x%20y", "a".repeat(200), "%00"]),
+    fc.array(ignoredParamArb, { maxLength: 3 }),
+    fc.array(fc.nat(), { minLength: 12, maxLength: 12 })
+  )
+  .map(([status, limit, cursor, ignored, order]) => {
+    const pairs = [...status.pairs, ...limit.pairs, ...cursor.pairs, ...ignored]
+    // In any order: each parameter's meaning does not depend on where it stands.
+    const shuffled = pairs.map((p, i) => [order[i] ?? 0, p] as const).sort((a, b) => a[0] - b[0])
+    const text = shuffled.length === 0 ? "" : `?${shuffled.map(([, p]) => p).join("&")}`
+    const refused = status.refused ?? limit.refused ?? cursor.refused
+    return {
+      text,
+      meaning:
+        refused !== undefined
+          ? { invalid: refused }
+          : {
+              status: (status.value ?? "all") as "open" | "closed" | "all",
+              limit: limit.value === undefined ? 20 : Number(limit.value)
+            }
+    }
+  })
+
 /** A route's path with its id slot filled by anything a path segment can hold. */
 const routeTarget: fc.Arbitrary<Bytes> = fc
   .tuple(
     prefixArb,
-    fc.constantFrom("/", "/health", "/vote/#", "/results/#", "/polls", "/polls/#", "/polls/#/close", "/polls/#/stream"),
+    fc.constantFrom(
+      "/",
+      "/health",
+      "/vote/#",
+      "/results/#",
+      "/polls",
+      "/polls/#",
+      "/polls/#/close",
+      "/polls/#/stream",
+      "/polls/#/results.csv",
+      "/polls/#/results.json",
+      "/metrics",
+      "/openapi.json",
+      "/docs",
+      "/docs/swagger-ui.js",
+      "/docs/swagger-ui.css"
+    ),
     segmentArb,
-    fc.constantFrom("", "", "/", "?x=1", "?", "#frag", "?a=%zz&b")
+    fc.oneof(
+      { weight: 3, arbitrary: fc.constantFrom("", "", "/", "?x=1", "?", "#frag", "?a=%zz&b") },
+      { weight: 1, arbitrary: listQueryArb.map((q) => q.text) }
+    )
   )
   .map(([prefix, template, id, tail]) => {
     const [before, after] = template.split("#") as [string, string | undefined]
@@ -714,75 +815,111 @@ export const closePoll: fc.Arbitrary<Req> = fc
   .tuple(prefixArb, poolPoll, fc.constantFrom<"key" | "none" | "wrong">("key", "key", "none", "wrong"))
   .map(([prefix, poll, auth]) => closeReq(poll, auth, prefix))
 
-export type ReadKind = "results" | "poll" | "page" | "stream" | "health" | "root"
+export type Served = "metrics" | "openapi" | "docs" | "docs.js" | "docs.css"
+export type ReadKind = "results" | "poll" | "page" | "stream" | "health" | "root" | "list" | "csv" | "json" | Served
 
-const readTarget = (kind: ReadKind, prefix: string, poll: string) =>
-  kind === "results"
-    ? `${prefix}/results/${poll}`
-    : kind === "poll"
-      ? `${prefix}/polls/${poll}`
-      : kind === "page"
-        ? `/polls/${poll}`
-        : kind === "stream"
-          ? `${prefix}/polls/${poll}/stream`
-          : kind === "health"
-            ? `${prefix}/health`
-            : prefix === ""
-              ? "/"
-              : `${prefix}/`
+const SERVED_PATHS: Readonly<Record<Served, string>> = {
+  metrics: "/metrics",
+  openapi: "/openapi.json",
+  docs: "/docs",
+  "docs.js": "/docs/swagger-ui.js",
+  "docs.css": "/docs/swagger-ui.css"
+}
 
-const readIntent = (kind: ReadKind, poll: string): Intent =>
-  kind === "results"
-    ? { _tag: "Results", poll }
-    : kind === "poll"
-      ? { _tag: "GetPoll", poll, page: false }
-      : kind === "page"
-        ? { _tag: "GetPoll", poll, page: true }
-        : kind === "stream"
-          ? { _tag: "Stream", poll }
-          : kind === "health"
-            ? { _tag: "Health" }
-            : { _tag: "Root" }
+const isServed = (kind: ReadKind): kind is Served => Object.hasOwn(SERVED_PATHS, kind)
+
+/** `query`: the listing's (a `list` read), "" for the others. */
+const readTarget = (kind: ReadKind, prefix: string, poll: string, query = "") => {
+  if (isServed(kind)) return `${prefix}${SERVED_PATHS[kind]}`
+  switch (kind) {
+    case "results":
+      return `${prefix}/results/${poll}`
+    case "poll":
+      return `${prefix}/polls/${poll}`
+    case "page":
+      return `/polls/${poll}`
+    case "stream":
+      return `${prefix}/polls/${poll}/stream`
+    case "health":
+      return `${prefix}/health`
+    case "list":
+      return `${prefix}/polls${query}`
+    case "csv":
+    case "json":
+      return `${prefix}/polls/${poll}/results.${kind}`
+    case "root":
+      return prefix === "" ? "/" : `${prefix}/`
+  }
+}
+
+const LIST_ALL: ListMeaning = { status: "all", limit: 20 }
+
+const readIntent = (kind: ReadKind, poll: string, meaning: ListMeaning = LIST_ALL): Intent => {
+  if (isServed(kind)) return { _tag: "Served", what: kind }
+  switch (kind) {
+    case "results":
+      return { _tag: "Results", poll }
+    case "poll":
+      return { _tag: "GetPoll", poll, page: false }
+    case "page":
+      return { _tag: "GetPoll", poll, page: true }
+    case "stream":
+      return { _tag: "Stream", poll }
+    case "health":
+      return { _tag: "Health" }
+    case "list":
+      return { _tag: "List", meaning }
+    case "csv":
+    case "json":
+      return { _tag: "Export", poll, format: kind }
+    case "root":
+      return { _tag: "Root" }
+  }
+}
 
 const readMessage = (
   method: string,
   kind: ReadKind,
   prefix: string,
   poll: string,
-  extra: ReadonlyArray<readonly [Bytes, Bytes]>
+  extra: ReadonlyArray<readonly [Bytes, Bytes]>,
+  query = ""
 ): Message => ({
   method,
-  target: readTarget(kind, prefix, poll),
+  target: readTarget(kind, prefix, poll, query),
   headers: [hostHeader, ...(kind === "page" ? [["Accept", "text/html,application/xhtml+xml"] as const] : []), ...extra]
 })
 
-const readKindArb = fc.constantFrom<ReadKind>(
-  "results",
-  "results",
-  "results",
-  "poll",
-  "page",
-  "stream",
-  "health",
-  "root"
+const readKindArb = fc.oneof(
+  {
+    weight: 8,
+    arbitrary: fc.constantFrom<ReadKind>("results", "results", "results", "poll", "page", "stream", "health", "root")
+  },
+  { weight: 3, arbitrary: fc.constantFrom<ReadKind>("list", "csv", "json") },
+  { weight: 1, arbitrary: fc.constantFrom<ReadKind>("metrics", "openapi", "docs", "docs.js", "docs.css") }
 )
 
 export const readReq = (
   kind: ReadKind,
   poll: string,
   prefix = "/api/v1",
-  connection: ReadonlyArray<readonly [string, string]> = []
+  connection: ReadonlyArray<readonly [string, string]> = [],
+  query: ListQuery = { text: "", meaning: LIST_ALL }
 ) => {
-  const m = readMessage("GET", kind, prefix, poll, connection)
+  const m = readMessage("GET", kind, prefix, poll, connection, query.text)
   return single(m, {
     label: `GET ${show(m.target, 120)}${kind === "page" ? " (Accept: text/html)" : ""}`,
-    intent: readIntent(kind, poll)
+    intent: readIntent(kind, poll, query.meaning)
   })
 }
 
+/** `GET /polls` with `text` as its query, which must mean `meaning`. */
+export const listReq = (text: string, meaning: ListMeaning, prefix = "/api/v1") =>
+  readReq("list", "", prefix, [], { text, meaning })
+
 export const read: fc.Arbitrary<Req> = fc
-  .tuple(readKindArb, prefixArb, anyPoll, connectionArb)
-  .map(([kind, prefix, poll, connection]) => readReq(kind, poll, prefix, connection))
+  .tuple(readKindArb, prefixArb, anyPoll, connectionArb, listQueryArb)
+  .map(([kind, prefix, poll, connection, query]) => readReq(kind, poll, prefix, connection, query))
 
 /** HEAD on a route, then GET on the same: the same status, and no body for HEAD. */
 export type HeadKind = ReadKind | "vote" | "polls" | "close" | "unknown"
@@ -1517,7 +1654,31 @@ export const EXAMPLES: Readonly<Record<ClassName, ReadonlyArray<ReadonlyArray<Re
         "GET a 20000-byte path"
       )
     ],
-    [messageReq({ method: "CONNECT", target: "127.0.0.1:80", headers: [hostHeader] }, "CONNECT 127.0.0.1:80")]
+    [messageReq({ method: "CONNECT", target: "127.0.0.1:80", headers: [hostHeader] }, "CONNECT 127.0.0.1:80")],
+    [listReq("?status=open&__proto__=1&constructor=x&limit=100", { status: "open", limit: 100 })],
+    [listReq("?limit=1&limit=1", { invalid: "limit twice" }), listReq("?cursor=%zz", { invalid: "cursor" })],
+    [listReq(`?cursor=${"a".repeat(5000)}&status=all`, { invalid: "a long cursor" })],
+    [readReq("json", "__proto__"), readReq("csv", "constructor"), readReq("json", "hasOwnProperty", "")],
+    [messageReq({ method: "GET", target: "/api/v1/polls/%zz/results.csv", headers: [hostHeader] }, "GET a CSV of %zz")],
+    [messageReq({ method: "DELETE", target: "/docs", headers: [hostHeader] }, "DELETE /docs")],
+    [
+      messageReq(
+        {
+          method: "POST",
+          target: "/api/v1/openapi.json",
+          headers: [hostHeader, ["Content-Length", "2"]],
+          body: utf8("{}")
+        },
+        "POST /api/v1/openapi.json with a body"
+      )
+    ],
+    [
+      readReq("openapi", ""),
+      readReq("docs", "", ""),
+      readReq("docs.js", ""),
+      readReq("docs.css", ""),
+      readReq("metrics", "")
+    ]
   ],
   headers: [
     [
@@ -1570,7 +1731,19 @@ export const EXAMPLES: Readonly<Record<ClassName, ReadonlyArray<ReadonlyArray<Re
     [paddedReq(vote("p1", "A"), 16_384, "trailing spaces")],
     [paddedReq(vote("p1", "A"), 16_385, "trailing spaces")]
   ],
-  "HEAD on every route": [[headReq("root", "", "")], [headReq("results", "p1")], [headReq("stream", "p1")]],
+  "HEAD on every route": [
+    [headReq("root", "", "")],
+    [headReq("results", "p1")],
+    [headReq("stream", "p1")],
+    [headReq("list", "")],
+    [headReq("json", "p1")],
+    [headReq("csv", "__proto__", "")],
+    [headReq("metrics", "")],
+    [headReq("openapi", "")],
+    [headReq("docs", "", "")],
+    [headReq("docs.js", "")],
+    [headReq("docs.css", "")]
+  ],
   "valid traffic, Object.prototype names as ids": [
     [...PROTOTYPE_NAMES.map((name) => voteReq(vote(FRESH[0]!, name))), readReq("results", FRESH[0]!)],
     [
@@ -1598,7 +1771,11 @@ export const EXAMPLES: Readonly<Record<ClassName, ReadonlyArray<ReadonlyArray<Re
       readReq("stream", FRESH[0]!),
       closeReq(FRESH[0]!, "key"),
       voteReq(vote(FRESH[0]!, "toString", "constructor")),
-      readReq("results", FRESH[0]!)
+      readReq("results", FRESH[0]!),
+      readReq("json", FRESH[0]!),
+      readReq("csv", FRESH[0]!),
+      listReq("?status=closed&limit=100", { status: "closed", limit: 100 }),
+      listReq("?status=open", { status: "open", limit: 20 })
     ],
     // A prototype-named poll id defined (409 if an earlier run defined it: the contract's answer either way).
     [
