@@ -11,15 +11,21 @@ export interface Bar {
 /** The throughput target of the benchmark issue, drawn as a line. */
 export const TARGET_RATIO = 0.7
 
+/** What both charts are drawn for: the stages and workloads in their order, and the lines under the title. */
+export interface ChartOptions {
+  readonly stages: ReadonlyArray<string>
+  readonly workloads: ReadonlyArray<string>
+  readonly subtitle: ReadonlyArray<string>
+}
+
+/** A chart's schema and its title, flush left over the subtitle's lines. */
+const heading = (text: string, options: ChartOptions) => ({
+  $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+  title: { text, subtitle: [...options.subtitle], anchor: "start" as const }
+})
+
 /** A grouped bar chart of each stage's throughput ratio per workload, as an SVG document. */
-export const render = async (
-  bars: ReadonlyArray<Bar>,
-  options: {
-    readonly stages: ReadonlyArray<string>
-    readonly workloads: ReadonlyArray<string>
-    readonly subtitle: ReadonlyArray<string>
-  }
-): Promise<string> => {
+export const render = async (bars: ReadonlyArray<Bar>, options: ChartOptions): Promise<string> => {
   const x = {
     field: "stage",
     type: "nominal",
@@ -28,12 +34,7 @@ export const render = async (
     axis: { labelAngle: 0 }
   } as const
   const spec: TopLevelSpec = {
-    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
-    title: {
-      text: "livepoll throughput relative to a bare node:http server (same run)",
-      subtitle: [...options.subtitle],
-      anchor: "start"
-    },
+    ...heading("livepoll throughput relative to a bare node:http server (same run)", options),
     width: Math.max(480, options.stages.length * options.workloads.length * 34),
     height: 300,
     data: { values: bars.map((b) => ({ ...b, label: b.ratio.toFixed(2) })) },
@@ -93,21 +94,9 @@ export const TIMELINE_METRICS = ["buffered votes", "flush batches", "results cac
  * What the app's `/metrics` said during each measurement: one row of panels per metric, one column per workload, a
  * line per stage (a stage without a buffer or a results cache has no line in that row), as an SVG document.
  */
-export const renderTimeline = async (
-  points: ReadonlyArray<Point>,
-  options: {
-    readonly stages: ReadonlyArray<string>
-    readonly workloads: ReadonlyArray<string>
-    readonly subtitle: ReadonlyArray<string>
-  }
-): Promise<string> => {
+export const renderTimeline = async (points: ReadonlyArray<Point>, options: ChartOptions): Promise<string> => {
   const spec: TopLevelSpec = {
-    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
-    title: {
-      text: "livepoll during each measurement, as its GET /metrics reported it",
-      subtitle: [...options.subtitle],
-      anchor: "start"
-    },
+    ...heading("livepoll during each measurement, as its GET /metrics reported it", options),
     // A point without a value for every panel: a facet lays out only the cells its data has, in order, so a workload
     // without one of the lines (no reads, no cache) would shift the others into the wrong cells.
     data: {

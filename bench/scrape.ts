@@ -33,13 +33,11 @@ export interface Reading {
   readonly eventLoopP99Ms: number | null
 }
 
-interface Totals {
-  readonly bufferedVotes: number | null
-  readonly bufferedEntries: number | null
-  readonly flushBatches: number
-  readonly flushFailures: number
-  readonly cacheHits: number
-  readonly cacheMisses: number
+/** One scrape as the app reports it: the counters since the app started, not since the readings began. */
+interface Totals extends Pick<
+  Reading,
+  "bufferedVotes" | "bufferedEntries" | "flushBatches" | "flushFailures" | "cacheHits" | "cacheMisses"
+> {
   readonly definitionsHits: number
   readonly definitionsMisses: number
   readonly eventLoopP99: number | null

@@ -5,7 +5,7 @@
  */
 import { existsSync, readFileSync } from "node:fs"
 import { join } from "node:path"
-import { Redis } from "ioredis"
+import { ask, serverArgs, type Setting } from "./redis.js"
 
 /** 3 masters and a replica each: the smallest cluster `redis-cli --cluster create` makes with replicas. */
 export const DEFAULT_PORTS: ReadonlyArray<number> = [7100, 7101, 7102, 7103, 7104, 7105]
@@ -21,7 +21,7 @@ export const BUS_OFFSET = 10_000
  * slot range, so an outage stalls only the polls it holds. A replica's full sync starts at once, not 5 s later in
  * case other replicas could share it.
  */
-export const NODE_SETTINGS: ReadonlyArray<readonly [string, string]> = [
+export const NODE_SETTINGS: ReadonlyArray<Setting> = [
   ["--cluster-enabled", "yes"],
   ["--cluster-node-timeout", "5000"],
   ["--cluster-require-full-coverage", "no"],
@@ -52,28 +52,24 @@ export const parsePorts = (text: string | undefined): ReadonlyArray<number> | st
 
 export const seeds = (ports: ReadonlyArray<number>) => ports.map((port) => `redis://127.0.0.1:${port}`).join(",")
 
-/** redis-server's arguments for the node on `port`, its data and nodes.conf in `dir`. */
-export const nodeArgs = (port: number, dir: string): Array<string> => [
-  "--port",
-  String(port),
-  "--bind",
-  "127.0.0.1",
-  "--dir",
-  dir,
-  "--cluster-config-file",
-  join(dir, "nodes.conf"),
-  ...NODE_SETTINGS.flat(),
-  "--save",
-  ""
-]
+/**
+ * redis-server's arguments for the node on `port`, its data and nodes.conf in `dir`: NODE_SETTINGS, with each of
+ * `overrides` in place of the same setting or after them (the tests' nodes fail over faster, say).
+ */
+export const nodeArgs = (port: number, dir: string, overrides: ReadonlyArray<Setting> = []): Array<string> =>
+  serverArgs(port, dir, [
+    ["--cluster-config-file", join(dir, "nodes.conf")],
+    // A Map keeps each setting where it first stands and takes its last value.
+    ...new Map([...NODE_SETTINGS, ...overrides])
+  ])
 
-/** redis-cli's arguments that make one cluster of the nodes on `ports`: masters, then as many replicas. */
-export const createArgs = (ports: ReadonlyArray<number>): Array<string> => [
+/** redis-cli's arguments that make one cluster of the nodes on `ports`: masters, then `replicas` replicas each. */
+export const createArgs = (ports: ReadonlyArray<number>, replicas = REPLICAS_PER_MASTER): Array<string> => [
   "--cluster",
   "create",
   ...ports.map((port) => `127.0.0.1:${port}`),
   "--cluster-replicas",
-  String(REPLICAS_PER_MASTER),
+  String(replicas),
   "--cluster-yes"
 ]
 
@@ -147,28 +143,6 @@ export const parseNodes = (text: string): Array<ClusterNode> =>
       healthy: !/fail|handshake|noaddr/.test(flags!)
     }))
     .sort((a, b) => a.port - b.port)
-
-/** Runs commands against one node on a connection of its own; undefined when the node does not answer. */
-export const ask = async <A>(port: number, run: (client: Redis) => Promise<A>): Promise<A | undefined> => {
-  const client = new Redis({
-    port,
-    host: "127.0.0.1",
-    lazyConnect: true,
-    connectTimeout: 1000,
-    commandTimeout: 1000,
-    maxRetriesPerRequest: 0,
-    retryStrategy: () => null
-  })
-  client.on("error", () => {})
-  try {
-    await client.connect()
-    return await run(client)
-  } catch {
-    return undefined
-  } finally {
-    client.disconnect()
-  }
-}
 
 const clusterInfo = (port: number) => ask(port, (c) => c.call("CLUSTER", "INFO") as Promise<string>)
 const clusterNodes = async (port: number) => {

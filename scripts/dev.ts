@@ -12,9 +12,9 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process"
 import { mkdirSync } from "node:fs"
 import { isAbsolute, join, relative, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
-import { Redis } from "ioredis"
 import { setTimeout as sleep } from "node:timers/promises"
 import * as Cluster from "./cluster.js"
+import { ask, serverArgs } from "./redis.js"
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url))
 /** The shards' ports: 7000 and 7001, or those `DEV_SHARD_PORTS` names (comma-separated). */
@@ -60,28 +60,12 @@ const exited = (child: ChildProcess) =>
  * What answers on 127.0.0.1:port right now: nothing, a standalone redis-server (which the app can use as a shard), or
  * a Redis in another mode (a cluster node answers PING, then refuses every key of other slots with MOVED).
  */
-const probe = async (port: number): Promise<"none" | "standalone" | string> => {
-  const client = new Redis({
-    port,
-    host: "127.0.0.1",
-    lazyConnect: true,
-    connectTimeout: 1000,
-    commandTimeout: 1000,
-    maxRetriesPerRequest: 0,
-    retryStrategy: () => null
-  })
-  client.on("error", () => {})
-  try {
-    await client.connect()
+const probe = async (port: number): Promise<"none" | "standalone" | string> =>
+  (await ask(port, async (client) => {
     if ((await client.ping()) !== "PONG") return "none"
     const info = await client.info("server").catch(() => "")
     return /redis_mode:(\w+)/.exec(info)?.[1] ?? "standalone"
-  } catch {
-    return "none"
-  } finally {
-    client.disconnect()
-  }
-}
+  })) ?? "none"
 
 /** Whether a Redis answers PING on 127.0.0.1:port right now. */
 const ping = async (port: number): Promise<boolean> => (await probe(port)) !== "none"
@@ -127,18 +111,7 @@ const startRedis = (port: number, dir: string, args: ReadonlyArray<string>): Ser
 
 const startShard = (port: number): Server => {
   const dir = join(DATA_DIR, String(port))
-  return startRedis(port, dir, [
-    "--port",
-    String(port),
-    "--bind",
-    "127.0.0.1",
-    "--appendonly",
-    "yes",
-    "--dir",
-    dir,
-    "--save",
-    ""
-  ])
+  return startRedis(port, dir, serverArgs(port, dir, [["--appendonly", "yes"]]))
 }
 
 class StartupFailed extends Error {}
@@ -243,7 +216,7 @@ const main = async (): Promise<number> => {
     log(`DEV_SHARD_PORTS must be a comma-separated list of ports, got ${process.env["DEV_SHARD_PORTS"]}`)
     return 1
   }
-  try {
+  const startShards = async () => {
     for (const port of SHARD_PORTS) {
       if (stopSignal !== undefined) break
       const found = await probe(port)
@@ -259,8 +232,23 @@ const main = async (): Promise<number> => {
       }
       await waitForServer(startShard(port))
     }
+  }
+  return runOn("the shards", startShards, {
+    POLL_STAGE: "full",
+    PORT: "8000",
+    REDIS_NODES: SHARD_PORTS.map((port) => `redis://127.0.0.1:${port}`).join(",")
+  })
+}
+
+/**
+ * Starts the servers with `start`, then the app on them with `app` as its defaults, until it exits or a stop is
+ * requested; the servers this script started are stopped in every case. Resolves with the code to exit with.
+ */
+const runOn = async (what: string, start: () => Promise<void>, app: Record<string, string>): Promise<number> => {
+  try {
+    await start()
   } catch (error) {
-    log(error instanceof StartupFailed ? error.message : `could not start the shards: ${String(error)}`)
+    log(error instanceof StartupFailed ? error.message : `could not start ${what}: ${String(error)}`)
     await stopServers()
     return 1
   }
@@ -270,11 +258,7 @@ const main = async (): Promise<number> => {
     log("stopped")
     return 0
   }
-  const code = await runApp({
-    POLL_STAGE: "full",
-    PORT: "8000",
-    REDIS_NODES: SHARD_PORTS.map((port) => `redis://127.0.0.1:${port}`).join(",")
-  })
+  const code = await runApp(app)
   await stopServers()
   log("stopped")
   return code
@@ -344,7 +328,7 @@ const mainCluster = async (): Promise<number> => {
     installHint("redis-cli", "the cluster cannot be created")
     return 1
   }
-  try {
+  const startNodes = async () => {
     for (const port of ports) {
       const found = await probe(port)
       if (found !== "none") {
@@ -360,26 +344,13 @@ const mainCluster = async (): Promise<number> => {
     for (const server of servers) await waitForServer(server)
     if (disk === "new" && stopSignal === undefined) await createCluster(ports)
     await waitForCluster(servers)
-  } catch (error) {
-    log(error instanceof StartupFailed ? error.message : `could not start the cluster: ${String(error)}`)
-    await stopServers()
-    return 1
   }
-  if (stopSignal !== undefined) {
-    log(`${stopSignal}: stopping before the app started`)
-    await stopServers()
-    log("stopped")
-    return 0
-  }
-  const code = await runApp({
+  return runOn("the cluster", startNodes, {
     POLL_STAGE: "cluster",
     PORT: "8000",
     REDIS_CLUSTER: Cluster.seeds(ports),
     REDIS_WAIT_REPLICAS: String(Cluster.REPLICAS_PER_MASTER)
   })
-  await stopServers()
-  log("stopped")
-  return code
 }
 
 // Last resort if this script fails unexpectedly: never leave a started server behind.

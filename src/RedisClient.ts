@@ -35,6 +35,24 @@ export interface ConnectOptions {
   readonly subscriber?: boolean
 }
 
+/** How long ioredis waits before its next connection attempt: 100 ms more each time, a second at most. */
+export const retryDelay = (attempt: number): number => Math.min(attempt * 100, 1000)
+
+/** A client (a node's or a cluster's) made in the current scope, quit when the scope closes. */
+export const scoped = <C extends { readonly status: string; quit(): Promise<unknown>; disconnect(): void }>(
+  make: () => C
+): Effect.Effect<C, never, Scope.Scope> =>
+  Effect.acquireRelease(Effect.sync(make), (client) =>
+    // A client that is not connected has nothing to say goodbye over (and a pub/sub client would queue the QUIT
+    // forever). Release steps are uninterruptible by default: the timeout needs `interruptible` to bite.
+    (client.status === "ready" ? Effect.promise(() => client.quit()) : Effect.void).pipe(
+      Effect.interruptible,
+      Effect.timeout(Duration.seconds(1)),
+      Effect.ignore,
+      Effect.ensuring(Effect.sync(() => client.disconnect()))
+    )
+  )
+
 /**
  * An ioredis client in the current scope, quit when the scope closes. Commands fail fast while the node is down
  * (no unbounded offline queue) and ioredis reconnects by itself; connection changes are logged once each.
@@ -45,27 +63,16 @@ export const acquire = (node: RedisNode, options: ConnectOptions = {}): Effect.E
     // The node's error counters exist from its first connection on, at 0 until a command fails (see `caller`).
     ;(yield* Metrics).redisNode(node.name)
     const role = options.subscriber ? " (pub/sub)" : ""
-    const client = yield* Effect.acquireRelease(
-      Effect.sync(
-        () =>
-          new Redis(node.url, {
-            enableOfflineQueue: options.subscriber === true,
-            enableAutoPipelining: options.autoPipelining === true,
-            maxRetriesPerRequest: options.subscriber ? null : 1,
-            commandTimeout: options.subscriber ? undefined : commandTimeoutOf(node),
-            connectTimeout: CONNECT_TIMEOUT_MS,
-            retryStrategy: (attempt) => Math.min(attempt * 100, 1000)
-          })
-      ),
-      (client) =>
-        // A client that is not connected has nothing to say goodbye over (and a pub/sub client would queue the
-        // QUIT forever). Release steps are uninterruptible by default: the timeout needs `interruptible` to bite.
-        (client.status === "ready" ? Effect.promise(() => client.quit()) : Effect.void).pipe(
-          Effect.interruptible,
-          Effect.timeout(Duration.seconds(1)),
-          Effect.ignore,
-          Effect.ensuring(Effect.sync(() => client.disconnect()))
-        )
+    const client = yield* scoped(
+      () =>
+        new Redis(node.url, {
+          enableOfflineQueue: options.subscriber === true,
+          enableAutoPipelining: options.autoPipelining === true,
+          maxRetriesPerRequest: options.subscriber ? null : 1,
+          commandTimeout: options.subscriber ? undefined : commandTimeoutOf(node),
+          connectTimeout: CONNECT_TIMEOUT_MS,
+          retryStrategy: retryDelay
+        })
     )
     // undefined until the first connection attempt settles, so a node that is down at start-up is logged too.
     let reachable: boolean | undefined = undefined

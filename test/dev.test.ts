@@ -8,9 +8,10 @@ import { randomUUID } from "node:crypto"
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { Cluster as ClusterClient, Redis } from "ioredis"
+import { Cluster as ClusterClient } from "ioredis"
 import { afterAll, describe, expect, it } from "vitest"
 import * as Cluster from "../scripts/cluster.js"
+import { ask } from "../scripts/redis.js"
 import { freeNodePorts } from "./support/cluster.js"
 import { freePort } from "./support/redis.js"
 import { eventually, sleep } from "./support/wait.js"
@@ -62,26 +63,6 @@ const line = async (run: Run, pattern: RegExp, timeoutMs = 30_000): Promise<RegE
     if (run.child.exitCode !== null) expect.fail(`exited (${run.child.exitCode}) before ${pattern}:\n${run.output()}`)
     if (Date.now() > deadline) expect.fail(`no ${pattern} within ${timeoutMs} ms:\n${run.output()}`)
     await sleep(50)
-  }
-}
-
-/** One command on a connection of its own; undefined when nothing answers on the port. */
-const ask = async <A>(port: number, command: (client: Redis) => Promise<A>): Promise<A | undefined> => {
-  const client = new Redis({
-    port,
-    host: "127.0.0.1",
-    lazyConnect: true,
-    maxRetriesPerRequest: 0,
-    retryStrategy: () => null
-  })
-  client.on("error", () => {})
-  try {
-    await client.connect()
-    return await command(client)
-  } catch {
-    return undefined
-  } finally {
-    client.disconnect()
   }
 }
 

@@ -60,6 +60,32 @@ const flag = (command: ReadonlyArray<string>, name: string) => {
   return at === -1 ? undefined : command[at + 1]
 }
 
+/** Both compose files build the app the same way. */
+const itBuildsTheAppHere = (app: Service) =>
+  it("builds the app from this directory and publishes 8000 on 8000", () => {
+    const context = typeof app.build === "string" ? app.build : (app.build as { context?: string } | undefined)?.context
+    expect(context).toBe(".")
+    expect((app.ports ?? []).map(String)).toContain("8000:8000")
+  })
+
+/** What every Redis service of both compose files is: Redis 7 on `port`, published on it, healthy once it answers. */
+const itIsARedisOn = (node: Service, port: number) => {
+  it("is Redis 7", () => {
+    expect(node.image).toMatch(/^redis:7(\.|-|$)/)
+  })
+
+  it(`publishes ${port} on the same port`, () => {
+    expect((node.ports ?? []).map(String)).toContain(`${port}:${port}`)
+  })
+
+  it(`is healthy when redis-cli gets a PING answer on ${port}`, () => {
+    const test = words(node.healthcheck?.test)
+    expect(test[0]).toBe("redis-cli")
+    expect(flag(test, "-p")).toBe(String(port))
+    expect(test).toContain("ping")
+  })
+}
+
 const REDIS_NODES = [
   { service: "redis-node-1", port: 7000, name: "redis_7000" },
   { service: "redis-node-2", port: 7001, name: "redis_7001" }
@@ -70,12 +96,7 @@ describe("docker-compose.yml", () => {
     expect(Object.keys(services).sort()).toEqual(["app", "redis-node-1", "redis-node-2"])
   })
 
-  it("builds the app from this directory and publishes 8000 on 8000", () => {
-    const app = services.app!
-    const context = typeof app.build === "string" ? app.build : (app.build as { context?: string } | undefined)?.context
-    expect(context).toBe(".")
-    expect((app.ports ?? []).map(String)).toContain("8000:8000")
-  })
+  itBuildsTheAppHere(services.app!)
 
   it("runs the app with every layer on, over both shards by their service names", () => {
     const env = environmentOf(services.app!)
@@ -110,26 +131,13 @@ describe("docker-compose.yml", () => {
     describe(service, () => {
       const node = services[service]!
 
-      it("is Redis 7", () => {
-        expect(node.image).toMatch(/^redis:7(\.|-|$)/)
-      })
+      itIsARedisOn(node, port)
 
       it(`listens on ${port} inside the container too, with the append-only file on`, () => {
         const command = words(node.command)
         expect(command[0]).toBe("redis-server")
         expect(flag(command, "--port")).toBe(String(port))
         expect(flag(command, "--appendonly")).toBe("yes")
-      })
-
-      it(`publishes ${port} on the same port`, () => {
-        expect((node.ports ?? []).map(String)).toContain(`${port}:${port}`)
-      })
-
-      it(`is healthy when redis-cli gets a PING answer on ${port}`, () => {
-        const test = words(node.healthcheck?.test)
-        expect(test[0]).toBe("redis-cli")
-        expect(flag(test, "-p")).toBe(String(port))
-        expect(test).toContain("ping")
       })
 
       it("keeps its data in a volume mounted on /data", () => {
@@ -196,12 +204,7 @@ describe("docker-compose.cluster.yml", () => {
     expect(clusterCompose.name).toMatch(/^[a-z0-9][a-z0-9_-]*$/)
   })
 
-  it("builds the app from this directory and publishes 8000 on 8000", () => {
-    const app = clusterServices.app!
-    const context = typeof app.build === "string" ? app.build : (app.build as { context?: string } | undefined)?.context
-    expect(context).toBe(".")
-    expect((app.ports ?? []).map(String)).toContain("8000:8000")
-  })
+  itBuildsTheAppHere(clusterServices.app!)
 
   it("runs the app in the cluster stage, seeded with every node by its service name, and waiting for a replica", () => {
     const env = environmentOf(clusterServices.app!)
@@ -241,9 +244,7 @@ describe("docker-compose.cluster.yml", () => {
       const node = clusterServices[service]!
       const command = words(node.command)
 
-      it("is Redis 7", () => {
-        expect(node.image).toMatch(/^redis:7(\.|-|$)/)
-      })
+      itIsARedisOn(node, port)
 
       it(`is a cluster node on ${port} inside the container too, set as \`npm run dev -- --cluster\` sets its nodes`, () => {
         expect(command[0]).toBe("redis-server")
@@ -255,17 +256,6 @@ describe("docker-compose.cluster.yml", () => {
 
       it("announces its fixed address", () => {
         expect(flag(command, "--cluster-announce-ip")).toBe(addressOf(node))
-      })
-
-      it(`publishes ${port} on the same port`, () => {
-        expect((node.ports ?? []).map(String)).toContain(`${port}:${port}`)
-      })
-
-      it(`is healthy when redis-cli gets a PING answer on ${port}`, () => {
-        const test = words(node.healthcheck?.test)
-        expect(test[0]).toBe("redis-cli")
-        expect(flag(test, "-p")).toBe(String(port))
-        expect(test).toContain("ping")
       })
 
       it("keeps its data and nodes.conf in a volume of its own mounted on /data", () => {

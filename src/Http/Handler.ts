@@ -16,7 +16,7 @@ import { InternalError, TooManyStreams } from "./Errors.js"
 import * as Export from "./Export.js"
 import * as Health from "./Health.js"
 import * as PollsHttp from "./Polls.js"
-import { fromError, type Reply, send as write, textReply } from "./Reply.js"
+import { EXTRA_HEADERS, fromError, type Reply, send as write, textReply, type WithExtraHeaders } from "./Reply.js"
 import { type Route, route, UNLIMITED } from "./Routes.js"
 import { clientAddress } from "./RateLimits.js"
 import * as RateLimitsHttp from "./RateLimits.js"
@@ -128,7 +128,7 @@ export const makeHandler = (runtime: Runtime.Runtime<Services>, options: Handler
   const failed = (res: ServerResponse, cause: unknown) => {
     runFork(
       Effect.logError("request failed unexpectedly", Cause.isCause(cause) ? cause : Cause.die(cause)).pipe(
-        Effect.annotateLogs("request_id", String(res.getHeader("x-request-id") ?? ""))
+        Effect.annotateLogs("request_id", (res as WithExtraHeaders)[EXTRA_HEADERS]?.["x-request-id"] ?? "")
       )
     )
     if (res.headersSent) res.destroy()
@@ -156,11 +156,18 @@ export const makeHandler = (runtime: Runtime.Runtime<Services>, options: Handler
       }
     })
 
+  // An answer written by other code than `send` (the page, a stream) gets the extra headers set beforehand: the slower
+  // path, on requests that are not the hot ones.
+  const keepExtraHeaders = (res: ServerResponse) => {
+    for (const [name, value] of Object.entries((res as WithExtraHeaders)[EXTRA_HEADERS] ?? {}))
+      res.setHeader(name, value)
+  }
+
   const handler = (req: IncomingMessage, res: ServerResponse) => {
     if (options.answered.has(req.socket)) return
     try {
       const requestId = RequestLog.requestIdOf(req)
-      res.setHeader("x-request-id", requestId)
+      ;(res as WithExtraHeaders)[EXTRA_HEADERS] = { "x-request-id": requestId }
       const r = route(req.method ?? "GET", req.url ?? "/", req.headers.accept)
       timed(res, r._tag === "Reject" ? "unmatched" : r._tag)
       if (ALWAYS_LOGGED.has(r._tag) || (sample > 0 && Math.random() < sample)) {
@@ -208,6 +215,7 @@ export const makeHandler = (runtime: Runtime.Runtime<Services>, options: Handler
         if (!r.page) return run(res, api.getPoll(r.pollId))
         const pollId = parsePollId(r.pollId)
         if (Either.isLeft(pollId)) return send(res, pollId.left)
+        keepExtraHeaders(res)
         PollsHttp.sendPage(req, res, pollId.right)
         return observe(res, res.statusCode)
       }
@@ -233,10 +241,11 @@ export const makeHandler = (runtime: Runtime.Runtime<Services>, options: Handler
         if (req.method === "HEAD") {
           // What a GET would begin with, and nothing after: no stream is held for it.
           if (hub.full()) return send(res, TOO_MANY_STREAMS)
-          res.writeHead(200, LiveResults.STREAM_HEADERS)
+          res.writeHead(200, { ...LiveResults.STREAM_HEADERS, ...(res as WithExtraHeaders)[EXTRA_HEADERS] })
           res.end()
           return observe(res, 200)
         }
+        keepExtraHeaders(res)
         if (hub.attach(pollId.right, res)) observe(res, 200)
         else send(res, TOO_MANY_STREAMS)
         return

@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from "node:http"
 import type { RateLimits } from "../Config.js"
 import type { VoterId } from "../Domain.js"
 import type { MetricsShape } from "../Metrics.js"
+import { extraHeaders } from "./Reply.js"
 import {
   type Limit,
   policyHeader,
@@ -55,8 +56,9 @@ export const make = (
         metrics.rateLimited(verdict.limit.policy)
         return Effect.fail(refusal(list, verdict))
       }
-      res.setHeader("ratelimit", rateLimitHeader(verdict))
-      res.setHeader("ratelimit-policy", policyHeader(list))
+      const headers = extraHeaders(res)
+      headers.ratelimit = rateLimitHeader(verdict)
+      headers["ratelimit-policy"] = policyHeader(list)
       return Effect.void
     })
   }

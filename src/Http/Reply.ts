@@ -51,6 +51,20 @@ export const rawAnswer = (e: Refusal): string => {
   return `${head}\r\n${body}`
 }
 
+/**
+ * Headers every answer of one request carries besides its reply's own (its request id, its rate limits), kept on the
+ * response until the answer is written. They go out in the one `writeHead` with the rest: a `setHeader` beforehand
+ * would put every answer on node:http's slower path of merging headers set earlier (about 5 µs a request here).
+ */
+export const EXTRA_HEADERS = Symbol("livepoll.extraHeaders")
+export interface WithExtraHeaders extends ServerResponse {
+  [EXTRA_HEADERS]?: Record<string, string>
+}
+
+/** The headers the handler keeps for this response's answer (see EXTRA_HEADERS), made on first use. */
+export const extraHeaders = (res: ServerResponse): Record<string, string> =>
+  ((res as WithExtraHeaders)[EXTRA_HEADERS] ??= {})
+
 /** Writes a reply, unless an answer has begun already or the connection is gone (or answered by the listener). */
 export const send = (res: ServerResponse, r: Reply) => {
   if (res.headersSent || res.destroyed || res.socket?.writableEnded === true) return
@@ -59,6 +73,7 @@ export const send = (res: ServerResponse, r: Reply) => {
   res.writeHead(r.status, {
     "content-type": contentType,
     "content-length": Buffer.byteLength(content),
+    ...(res as WithExtraHeaders)[EXTRA_HEADERS],
     ...r.headers
   })
   res.end(content)

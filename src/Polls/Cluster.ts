@@ -1,13 +1,13 @@
-import { Duration, Effect, Layer, Option, Runtime, Schedule, Schema } from "effect"
+import { Duration, Effect, Layer, Option, Runtime, Schedule } from "effect"
 import type { Cluster } from "ioredis"
-import type { PollId, StoreUnavailable } from "../Domain.js"
-import { DefinitionLost, PollDefinition, PollExists, PollNotFound, TooManyPolls } from "../Domain.js"
-import type { CloseError, ListEntry, ListSource, PollsShape } from "../Polls.js"
-import { checkOrganiserKey, collectPage, Polls, positionKey, positionOf, positionOfKey } from "../Polls.js"
+import type { PollDefinition, StoreUnavailable } from "../Domain.js"
+import type { PollsShape } from "../Polls.js"
+import { collectPage, Polls, positionKey, positionOf } from "../Polls.js"
 import * as RedisClient from "../RedisClient.js"
 import * as ClusterClient from "../RedisClient/Cluster.js"
 import { REDIS_CLUSTER } from "../VoteStore/Cluster.js"
 import { definitionKey, organiserKey, RESYNC_MS } from "./Redis.js"
+import { type Announcement, closeScript, decodeOption, listSource, makeKnown, written } from "./Shared.js"
 
 export { definitionKey, organiserKey }
 
@@ -18,8 +18,6 @@ export const createdKey = (group: number) => `livepoll:polls:created:${ClusterCl
 export const createdChannel = (group: number) => `livepoll:poll-created:${ClusterClient.groupTag(group)}`
 const closedChannel = (group: number) => `livepoll:poll-closed:${ClusterClient.groupTag(group)}`
 const ackChannel = (group: number) => `livepoll:poll-created-ack:${ClusterClient.groupTag(group)}`
-/** How long `create` waits for every instance to confirm it knows the new poll (see `create`). */
-const ACK_WAIT_MS = 1000
 /** Keys each resync looks at per master for definitions missing from their group's index (see `repair`). */
 export const REPAIR_SCAN_COUNT = 1000
 /**
@@ -51,14 +49,8 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2
 redis.call('DEL', KEYS[1], KEYS[2])
 return 1`
 
-const CLOSE_SCRIPT = `
-local poll = redis.call('GET', KEYS[1])
-if not poll then return false end
-local decoded = cjson.decode(poll)
-decoded.closed = true
-local encoded = cjson.encode(decoded)
-redis.call('SET', KEYS[1], encoded)
-return encoded`
+// The announcement goes out after the script, to the group's channel: not the poll's slot (see `close`).
+const CLOSE_SCRIPT = closeScript()
 
 interface Scripts {
   livepollDefine(definition: string, organiser: string, poll: string, keyHash: string, full: string): Promise<number>
@@ -74,9 +66,6 @@ const withScripts = (client: Cluster): Cluster & Scripts => {
   client.defineCommand("livepollClose", { numberOfKeys: 1, lua: CLOSE_SCRIPT })
   return client as Cluster & Scripts
 }
-
-const decode = Schema.decodeUnknown(Schema.parseJson(PollDefinition))
-const decodeOption = Schema.decodeUnknownOption(Schema.parseJson(PollDefinition))
 
 /** The id in a definition key; undefined for a key that only looks like one. */
 const idOfDefinitionKey = (key: string): string | undefined => {
@@ -107,18 +96,16 @@ export const make = Effect.fn("Polls.cluster.make")(function* (
   const client = withScripts(yield* ClusterClient.acquire(options, { role: "definitions", autoPipelining: true }))
   const subscriber = yield* ClusterClient.acquire(options, { role: "poll announcements", subscriber: true })
   const call = RedisClient.caller({ name: REDIS_CLUSTER, commandTimeoutMs: RedisClient.commandTimeoutOf(options) })
-  const parse = (pollId: PollId, text: string) =>
-    decode(text).pipe(Effect.orDieWith((e) => new Error(`stored definition of poll ${pollId} is malformed: ${e}`)))
+  const known = yield* makeKnown({
+    definition: (pollId) => call("read poll", () => client.get(definitionKey(pollId))),
+    organiserKeyHash: (pollId) => call("read organiser key", () => client.get(organiserKey(pollId))),
+    markClosed: (pollId) => call("close poll", () => client.livepollClose(definitionKey(pollId))),
+    holder: () => "the cluster"
+  })
+  const defined = known.defined
 
-  // Which polls are defined: loaded at start, told of new ones over pub/sub, and re-read every `resyncMs` in case a
-  // message was missed while a master was away. Every instance confirms each announcement (an ack on the group's
-  // channel), and `create` answers only when all the instances the announcement reached have confirmed: after a 201,
-  // no instance takes the poll for an ad-hoc one. (An instance cut off from the group's master does not confirm;
-  // `create` gives up waiting after ACK_WAIT_MS, and that instance learns of the poll when it resyncs.)
-  const defined = new Set<string>()
-  const acks = new Map<string, () => void>()
-  const changeListeners: Array<(pollId: PollId) => void> = []
-  const channels = new Map<string, { readonly kind: "created" | "closed" | "ack"; readonly group: number }>()
+  // Announcements and acks go over each group's channels (see `makeKnown`).
+  const channels = new Map<string, { readonly kind: Announcement; readonly group: number }>()
   for (const group of ClusterClient.allGroups) {
     channels.set(createdChannel(group), { kind: "created", group })
     channels.set(closedChannel(group), { kind: "closed", group })
@@ -127,12 +114,7 @@ export const make = Effect.fn("Polls.cluster.make")(function* (
   subscriber.on("smessage", (channel: string, pollId: string) => {
     const from = channels.get(channel)
     if (from === undefined) return
-    if (from.kind === "ack") return acks.get(pollId)?.()
-    if (from.kind === "created") {
-      defined.add(pollId)
-      runFork(Effect.ignore(call("confirm poll", () => client.spublish(ackChannel(from.group), pollId))))
-    }
-    for (const listener of changeListeners) listener(pollId as PollId)
+    known.heard(from.kind, pollId, () => call("confirm poll", () => client.spublish(ackChannel(from.group), pollId)))
   })
   // Subscribed before the first read of the indexes, and before this instance serves: a poll created in between would
   // otherwise be announced to the other instances only, and taken here for an ad-hoc one until the next resync.
@@ -143,11 +125,7 @@ export const make = Effect.fn("Polls.cluster.make")(function* (
 
   const readIndexes = Effect.forEach(
     ClusterClient.allGroups,
-    (group) =>
-      call("list polls", () => client.smembers(indexKey(group))).pipe(
-        Effect.tap((ids) => ids.forEach((id) => defined.add(id))),
-        Effect.ignore
-      ),
+    (group) => known.learn(call("list polls", () => client.smembers(indexKey(group)))),
     { concurrency: "unbounded", discard: true }
   )
 
@@ -217,71 +195,21 @@ export const make = Effect.fn("Polls.cluster.make")(function* (
     Effect.forkScoped
   )
 
-  // Ids whose definition went missing, each logged once; bounded by the definitions this instance has seen.
-  const lost = new Set<string>()
   /**
-   * The poll's slot has no definition of it: it was never defined, or (a poll this instance saw defined, which cannot
-   * turn ad hoc) its master lost its data, and with it the poll's rules.
+   * A group's created index, with each entry's definition (one GET each: a cluster's MGET must keep to one slot); an
+   * entry of a poll of another group is stale.
    */
-  const missing = (pollId: PollId): Effect.Effect<Option.Option<PollDefinition>, DefinitionLost> => {
-    if (!defined.has(pollId)) return Effect.succeedNone
-    if (lost.has(pollId)) return new DefinitionLost({ pollId })
-    lost.add(pollId)
-    return Effect.zipRight(
-      Effect.logError(`poll ${pollId} was defined, but the cluster has no definition of it`),
-      new DefinitionLost({ pollId })
+  const source = (group: number) =>
+    listSource(
+      call,
+      (max, count) => client.zrange(createdKey(group), max, "-", "BYLEX", "REV", "LIMIT", 0, count),
+      (ids) => Promise.all(ids.map((id) => client.get(definitionKey(id)))),
+      (id) => ClusterClient.groupOf(id) === group
     )
-  }
-  const read = (pollId: PollId) =>
-    call("read poll", () => client.get(definitionKey(pollId))).pipe(
-      Effect.flatMap((text) => (text === null ? missing(pollId) : Effect.asSome(parse(pollId, text))))
-    )
-
-  /**
-   * A group's created index, with each entry's definition (one GET each: a cluster's MGET must keep to one slot). An
-   * entry is stale (no poll) when the definition is gone, is not the one it was made for (another `created_at`), or
-   * belongs to another group.
-   */
-  const source =
-    (group: number): ListSource<StoreUnavailable> =>
-    (before, count) =>
-      call("list polls", () =>
-        client.zrange(
-          createdKey(group),
-          before === undefined ? "+" : `(${before}`,
-          "-",
-          "BYLEX",
-          "REV",
-          "LIMIT",
-          0,
-          count
-        )
-      ).pipe(
-        Effect.flatMap((keys) =>
-          keys.length === 0
-            ? Effect.succeed([])
-            : Effect.map(
-                call("read polls", () =>
-                  Promise.all(keys.map((key) => client.get(definitionKey(positionOfKey(key).id))))
-                ),
-                (texts) =>
-                  keys.map((key, i): ListEntry => {
-                    const id = positionOfKey(key).id
-                    const text = texts[i]
-                    const poll = text === null || text === undefined ? Option.none() : decodeOption(text)
-                    const current =
-                      Option.isSome(poll) &&
-                      poll.value.id === id &&
-                      positionKey(positionOf(poll.value)) === key &&
-                      ClusterClient.groupOf(id) === group
-                    return { key, poll: current ? poll.value : undefined }
-                  })
-              )
-        )
-      )
   const sources = ClusterClient.allGroups.map(source)
 
   const shape: PollsShape = {
+    ...known.shape,
     /**
      * Two steps, each atomic in its own slot: the definition (refused if the id is taken), then the group's index
      * entry and announcement. When the second fails, the first is taken back, so the 503 leaves nothing defined and
@@ -292,20 +220,6 @@ export const make = Effect.fn("Polls.cluster.make")(function* (
     create: (poll, keyHash) => {
       const group = ClusterClient.groupOf(poll.id)
       const definition = JSON.stringify(poll)
-      let confirmed = 0
-      let expected = Infinity
-      let wake: (() => void) | undefined
-      acks.set(poll.id, () => {
-        if (++confirmed >= expected) wake?.()
-      })
-      const allConfirmed = Effect.async<void>((resume) => {
-        if (confirmed >= expected) return resume(Effect.void)
-        const timer = setTimeout(() => resume(Effect.void), ACK_WAIT_MS)
-        wake = () => {
-          clearTimeout(timer)
-          resume(Effect.void)
-        }
-      })
       const takeBack = (failure: StoreUnavailable) =>
         call("take back poll", () =>
           client.livepollUndefine(definitionKey(poll.id), organiserKey(poll.id), definition, keyHash)
@@ -318,50 +232,24 @@ export const make = Effect.fn("Polls.cluster.make")(function* (
           ),
           Effect.zipRight(Effect.fail(failure))
         )
-      return call("create poll", () =>
-        client.livepollDefine(
-          definitionKey(poll.id),
-          organiserKey(poll.id),
-          definition,
-          keyHash,
-          defined.size >= maxPolls ? "1" : "0"
-        )
-      ).pipe(
-        Effect.flatMap((result): Effect.Effect<PollDefinition, PollExists | TooManyPolls | StoreUnavailable> => {
-          if (result === 0) return new PollExists({ pollId: poll.id })
-          if (result === -1) return new TooManyPolls({ limit: maxPolls })
-          return index(poll).pipe(
-            Effect.catchAll(takeBack),
-            Effect.flatMap((receivers) => {
-              defined.add(poll.id)
-              lost.delete(poll.id)
-              expected = receivers - 1
-              return Effect.as(allConfirmed, poll)
-            })
+      return known.announced(
+        poll,
+        call("create poll", () =>
+          client.livepollDefine(
+            definitionKey(poll.id),
+            organiserKey(poll.id),
+            definition,
+            keyHash,
+            defined.size >= maxPolls ? "1" : "0"
           )
-        }),
-        Effect.ensuring(Effect.sync(() => acks.delete(poll.id)))
+        ).pipe(
+          Effect.flatMap((result) => written(poll.id, maxPolls, result, index(poll).pipe(Effect.catchAll(takeBack))))
+        )
       )
     },
-    get: (pollId) => (defined.has(pollId) ? read(pollId) : Effect.succeedNone),
-    getExact: read,
     list: (query) => collectPage(sources, query),
-    mayBeDefined: (pollId) => defined.has(pollId),
-    onChanged: (listener) => void changeListeners.push(listener),
     close: (pollId, key) =>
-      call("read organiser key", () => client.get(organiserKey(pollId))).pipe(
-        Effect.flatMap((hash): Effect.Effect<void, CloseError> =>
-          hash === null
-            ? // No hash: no such poll, or one defined before polls had keys (which nobody can close but an operator).
-              Effect.flatMap(read(pollId), (poll): Effect.Effect<void, CloseError> =>
-                Option.isNone(poll) ? new PollNotFound({ pollId }) : checkOrganiserKey(pollId, undefined, key)
-              )
-            : checkOrganiserKey(pollId, hash, key)
-        ),
-        Effect.zipRight(call("close poll", () => client.livepollClose(definitionKey(pollId)))),
-        Effect.flatMap((text): Effect.Effect<PollDefinition, CloseError> =>
-          text !== null ? parse(pollId, text) : Effect.zipRight(missing(pollId), new PollNotFound({ pollId }))
-        ),
+      known.shape.close(pollId, key).pipe(
         // The close holds whether or not the others hear of it (an instance that does not drops its cached copy
         // within the cache's lifetime), so it does not wait for the announcement: the group's master may be down.
         Effect.tap((poll) =>

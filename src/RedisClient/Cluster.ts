@@ -104,8 +104,8 @@ export const acquire = (
       enableAutoPipelining: connect.autoPipelining === true,
       shardedSubscribers: connect.subscriber === true,
       ...(connect.subscriber ? { slotsRefreshInterval: SUBSCRIBER_SLOTS_REFRESH_MS } : {}),
-      clusterRetryStrategy: (attempt) => Math.min(attempt * 100, 1000),
-      clusterNodeRetryStrategy: (attempt) => Math.min(attempt * 100, 1000),
+      clusterRetryStrategy: RedisClient.retryDelay,
+      clusterNodeRetryStrategy: RedisClient.retryDelay,
       redisOptions: {
         ...credentials(options.seeds),
         // A subscription waits for its messages: only commands time out.
@@ -114,16 +114,7 @@ export const acquire = (
         maxRetriesPerRequest: 1
       }
     }
-    const client = yield* Effect.acquireRelease(
-      Effect.sync(() => new Cluster(startupNodes(options.seeds), clusterOptions)),
-      (client) =>
-        (client.status === "ready" ? Effect.promise(() => client.quit()) : Effect.void).pipe(
-          Effect.interruptible,
-          Effect.timeout(Duration.seconds(1)),
-          Effect.ignore,
-          Effect.ensuring(Effect.sync(() => client.disconnect()))
-        )
-    )
+    const client = yield* RedisClient.scoped(() => new Cluster(startupNodes(options.seeds), clusterOptions))
     let ready: boolean | undefined = undefined
     client.on("ready", () => {
       ready = true

@@ -1,22 +1,13 @@
 import { Effect, Exit, Layer, Runtime, Scope } from "effect"
 import type { Cluster, Redis } from "ioredis"
-import type { OptionId, PollId, VoteError } from "../Domain.js"
-import { AlreadyVoted, MAX_OPTIONS_PER_POLL, newCounts, StoreUnavailable, TooManyOptions } from "../Domain.js"
+import type { OptionId, PollId } from "../Domain.js"
+import { StoreUnavailable } from "../Domain.js"
 import { Metrics } from "../Metrics.js"
 import * as RedisClient from "../RedisClient.js"
 import * as ClusterClient from "../RedisClient/Cluster.js"
 import { SLOTS, slotOf } from "../RedisClient/Cluster.js"
 import { type Batch, MAX_POLLS_PER_BATCH, VoteStore, type VoteStoreShape } from "../VoteStore.js"
-import {
-  BATCH_MEMORY_SECONDS,
-  countsKey,
-  OPTIONS_SCRIPT,
-  RESULTS_SCRIPT,
-  toCounts,
-  VOTE_ONCE_SCRIPT,
-  VOTE_SCRIPT,
-  votersKey
-} from "./Redis.js"
+import { BATCH_MEMORY_SECONDS, countsKey, definePollScripts, pollCommands } from "./Redis.js"
 
 export { slotOf }
 
@@ -60,15 +51,6 @@ end
 for a = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[a], ARGV[a + 1]) end
 return 1`
 
-interface Scripts {
-  livepollVote(key: string, option: string, max: number, deadline: number): Promise<number>
-  livepollVoteOnce(counts: string, voters: string, option: string, voter: string, deadline: number): Promise<number>
-  livepollResults(numKeys: number, ...keys: Array<string>): Promise<[Array<string>, Array<number>]>
-  livepollOptions(numKeys: number, ...keys: Array<string>): Promise<Array<Array<string>>>
-}
-
-type LivepollCluster = Cluster & Scripts
-
 interface PartPipeline {
   livepollApplyPart(marker: string, counts: string, ttl: number, ...amounts: Array<string | number>): PartPipeline
   wait(replicas: number, timeoutMs: number): PartPipeline
@@ -78,13 +60,9 @@ interface PartPipeline {
 export const partitionOf = (pollId: string): string =>
   `slot-group-${Math.floor((slotOf(pollId) * SLOT_GROUPS) / SLOTS)}`
 
-const withScripts = (client: Cluster): LivepollCluster => {
-  client.defineCommand("livepollVote", { numberOfKeys: 1, lua: VOTE_SCRIPT })
-  client.defineCommand("livepollVoteOnce", { numberOfKeys: 2, lua: VOTE_ONCE_SCRIPT })
-  client.defineCommand("livepollResults", { lua: RESULTS_SCRIPT })
-  client.defineCommand("livepollOptions", { lua: OPTIONS_SCRIPT })
+const withScripts = (client: Cluster) => {
   client.defineCommand("livepollApplyPart", { numberOfKeys: 2, lua: APPLY_PART_SCRIPT })
-  return client as LivepollCluster
+  return definePollScripts(client)
 }
 
 /**
@@ -162,7 +140,6 @@ export const make = Effect.fn("VoteStore.cluster.make")(function* (options: Clus
       (options.waitReplicas === "auto" ? " (REDIS_WAIT_REPLICAS unset: from the cluster's shape at start)" : "")
   )
   const call = RedisClient.caller({ name: REDIS_CLUSTER, commandTimeoutMs: timeoutMs })
-  const tooLate = new StoreUnavailable({ node: REDIS_CLUSTER, reason: "the vote reached the node after its deadline" })
 
   /**
    * The parts of one batch for polls whose slots the same master serves: one script each, then one WAIT, in one
@@ -206,48 +183,14 @@ export const make = Effect.fn("VoteStore.cluster.make")(function* (options: Clus
   }
 
   const store: VoteStoreShape = {
-    vote: (pollId: PollId, optionId: OptionId) =>
-      Effect.flatMap(
-        call("vote", () =>
-          client.livepollVote(countsKey(pollId), optionId, MAX_OPTIONS_PER_POLL, deadline(slotOf(pollId)))
-        ),
-        (result): Effect.Effect<void, VoteError> =>
-          result === -1 ? new TooManyOptions({ pollId }) : result === -2 ? tooLate : Effect.void
-      ),
-    voteOnce: (pollId, optionId, voterId) =>
-      Effect.flatMap(
-        call("vote", () =>
-          pipelined.livepollVoteOnce(countsKey(pollId), votersKey(pollId), optionId, voterId, deadline(slotOf(pollId)))
-        ),
-        (result): Effect.Effect<void, VoteError | AlreadyVoted> =>
-          result === 0 ? new AlreadyVoted({ pollId }) : result === -2 ? tooLate : Effect.void
-      ),
-    results: (pollId: PollId) =>
-      Effect.map(
-        call("results", () => client.hgetall(countsKey(pollId))),
-        (raw) => {
-          const counts = newCounts()
-          for (const field of Object.keys(raw)) counts[field] = Number(raw[field])
-          return { counts, servedVia: REDIS_CLUSTER }
-        }
-      ),
-    exactResults: (pollId: PollId, batchIds: ReadonlyArray<string>) =>
-      batchIds.length === 0
-        ? Effect.map(store.results(pollId), (r) => ({ ...r, appliedBatches: [] }))
-        : Effect.map(
-            call("results", () =>
-              client.livepollResults(
-                1 + batchIds.length,
-                countsKey(pollId),
-                ...batchIds.map((id) => batchKey(pollId, id))
-              )
-            ),
-            ([flat, applied]) => ({
-              counts: toCounts(flat),
-              servedVia: REDIS_CLUSTER,
-              appliedBatches: applied.map((i) => batchIds[i - 1]!)
-            })
-          ),
+    ...pollCommands({
+      client,
+      pipelined,
+      call,
+      servedVia: REDIS_CLUSTER,
+      deadline: (pollId) => deadline(slotOf(pollId)),
+      batchKey
+    }),
     // A script may only touch keys of one slot: one read per slot, all at once, each to its slot's master.
     optionsOf: (pollIds) =>
       Effect.map(

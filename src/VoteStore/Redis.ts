@@ -53,29 +53,38 @@ for k = 2, #KEYS do
 end
 return { redis.call('HGETALL', KEYS[1]), applied }`
 
-interface LivepollRedis extends Redis {
-  livepollResults(numKeys: number, ...keys: Array<string>): Promise<[Array<string>, Array<number>]>
-  livepollOptions(numKeys: number, ...keys: Array<string>): Promise<Array<Array<string>>>
+// KEYS: counts hashes. The field names of each, in order.
+const OPTIONS_SCRIPT = `
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('HKEYS', KEYS[i]) end
+return out`
+
+/** The scripts on one poll's keys, the same on a node and on a cluster (each call keeps to the poll's slot). */
+export interface PollScripts {
   livepollVote(key: string, option: string, max: number, deadline: number): Promise<number>
   livepollVoteOnce(counts: string, voters: string, option: string, voter: string, deadline: number): Promise<number>
+  livepollResults(numKeys: number, ...keys: Array<string>): Promise<[Array<string>, Array<number>]>
+  livepollOptions(numKeys: number, ...keys: Array<string>): Promise<Array<Array<string>>>
+}
+
+/** Defines the `PollScripts` on a client (a node's or a cluster's). */
+export const definePollScripts = <C extends Pick<Redis, "defineCommand">>(client: C): C & PollScripts => {
+  client.defineCommand("livepollVote", { numberOfKeys: 1, lua: VOTE_SCRIPT })
+  client.defineCommand("livepollVoteOnce", { numberOfKeys: 2, lua: VOTE_ONCE_SCRIPT })
+  client.defineCommand("livepollResults", { lua: RESULTS_SCRIPT })
+  client.defineCommand("livepollOptions", { lua: OPTIONS_SCRIPT })
+  return client as C & PollScripts
+}
+
+interface LivepollRedis extends Redis, PollScripts {
   livepollApplyBatch(numKeys: number, ...args: Array<string | number>): Promise<number>
 }
 
 export type RedisOptions = RedisClient.RedisNode
 
-// KEYS: counts hashes. The field names of each, in order.
-export const OPTIONS_SCRIPT = `
-local out = {}
-for i = 1, #KEYS do out[i] = redis.call('HKEYS', KEYS[i]) end
-return out`
-
 const withScripts = (client: Redis): LivepollRedis => {
-  client.defineCommand("livepollVote", { numberOfKeys: 1, lua: VOTE_SCRIPT })
-  client.defineCommand("livepollVoteOnce", { numberOfKeys: 2, lua: VOTE_ONCE_SCRIPT })
   client.defineCommand("livepollApplyBatch", { lua: APPLY_BATCH_SCRIPT })
-  client.defineCommand("livepollResults", { lua: RESULTS_SCRIPT })
-  client.defineCommand("livepollOptions", { lua: OPTIONS_SCRIPT })
-  return client as LivepollRedis
+  return definePollScripts(client) as LivepollRedis
 }
 
 const batchArgs = (batch: Batch): Array<string | number> => {
@@ -95,51 +104,83 @@ export const toCounts = (flat: ReadonlyArray<string>): Record<string, number> =>
   return counts
 }
 
-export const make = Effect.fn("VoteStore.redis.make")(function* (options: RedisOptions) {
-  const client = withScripts(yield* RedisClient.acquire(options))
-  // One-vote-per-voter votes go to Redis one by one, whatever the stage: concurrent ones share a round trip.
-  const pipelined = withScripts(yield* RedisClient.acquire(options, { autoPipelining: true }))
-  const clock = yield* RedisClient.serverClock(client, RedisClient.commandTimeoutOf(options))
-  const call = RedisClient.caller(options)
-  const tooLate = new StoreUnavailable({ node: options.name, reason: "the vote reached the node after its deadline" })
-
-  const store: VoteStoreShape = {
+/**
+ * Votes and reads of one poll, each a script or command on the keys of its hash tag: the same on a node and on a
+ * cluster. `deadline` is the fence of a vote on the poll's node (0: none); `servedVia` names the reads and the
+ * refusal of a vote that came too late; `batchKey` is the marker of an applied batch.
+ */
+export const pollCommands = (options: {
+  readonly client: PollScripts & Pick<Redis, "hgetall">
+  /** For one-vote-per-voter votes: never buffered, so concurrent ones share a round trip. */
+  readonly pipelined: PollScripts
+  readonly call: ReturnType<typeof RedisClient.caller>
+  readonly servedVia: string
+  readonly deadline: (pollId: PollId) => number
+  readonly batchKey: (pollId: PollId, batchId: string) => string
+}): Pick<VoteStoreShape, "vote" | "voteOnce" | "results" | "exactResults"> => {
+  const { batchKey, call, client, deadline, pipelined, servedVia } = options
+  const tooLate = new StoreUnavailable({ node: servedVia, reason: "the vote reached the node after its deadline" })
+  const results = (pollId: PollId) =>
+    Effect.map(
+      call("results", () => client.hgetall(countsKey(pollId))),
+      (raw) => {
+        const counts = newCounts()
+        for (const field of Object.keys(raw)) counts[field] = Number(raw[field])
+        return { counts, servedVia }
+      }
+    )
+  return {
     vote: (pollId: PollId, optionId: OptionId) =>
       Effect.flatMap(
-        call("vote", () => client.livepollVote(countsKey(pollId), optionId, MAX_OPTIONS_PER_POLL, clock.deadline())),
+        call("vote", () => client.livepollVote(countsKey(pollId), optionId, MAX_OPTIONS_PER_POLL, deadline(pollId))),
         (result): Effect.Effect<void, VoteError> =>
           result === -1 ? new TooManyOptions({ pollId }) : result === -2 ? tooLate : Effect.void
       ),
     voteOnce: (pollId, optionId, voterId) =>
       Effect.flatMap(
         call("vote", () =>
-          pipelined.livepollVoteOnce(countsKey(pollId), votersKey(pollId), optionId, voterId, clock.deadline())
+          pipelined.livepollVoteOnce(countsKey(pollId), votersKey(pollId), optionId, voterId, deadline(pollId))
         ),
         (result): Effect.Effect<void, VoteError | AlreadyVoted> =>
           result === 0 ? new AlreadyVoted({ pollId }) : result === -2 ? tooLate : Effect.void
       ),
-    results: (pollId: PollId) =>
-      Effect.map(
-        call("results", () => client.hgetall(countsKey(pollId))),
-        (raw) => {
-          const counts = newCounts()
-          for (const field of Object.keys(raw)) counts[field] = Number(raw[field])
-          return { counts, servedVia: options.name }
-        }
-      ),
+    results,
     exactResults: (pollId: PollId, batchIds: ReadonlyArray<string>) =>
       batchIds.length === 0
-        ? Effect.map(store.results(pollId), (r) => ({ ...r, appliedBatches: [] }))
+        ? Effect.map(results(pollId), (r) => ({ ...r, appliedBatches: [] }))
         : Effect.map(
             call("results", () =>
-              client.livepollResults(1 + batchIds.length, countsKey(pollId), ...batchIds.map(batchKey))
+              client.livepollResults(
+                1 + batchIds.length,
+                countsKey(pollId),
+                ...batchIds.map((id) => batchKey(pollId, id))
+              )
             ),
             ([flat, applied]) => ({
               counts: toCounts(flat),
-              servedVia: options.name,
+              servedVia,
               appliedBatches: applied.map((i) => batchIds[i - 1]!)
             })
-          ),
+          )
+  }
+}
+
+export const make = Effect.fn("VoteStore.redis.make")(function* (options: RedisOptions) {
+  const client = withScripts(yield* RedisClient.acquire(options))
+  // One-vote-per-voter votes go to Redis one by one, whatever the stage: concurrent ones share a round trip.
+  const pipelined = withScripts(yield* RedisClient.acquire(options, { autoPipelining: true }))
+  const clock = yield* RedisClient.serverClock(client, RedisClient.commandTimeoutOf(options))
+  const call = RedisClient.caller(options)
+
+  const store: VoteStoreShape = {
+    ...pollCommands({
+      client,
+      pipelined,
+      call,
+      servedVia: options.name,
+      deadline: clock.deadline,
+      batchKey: (_, batchId) => batchKey(batchId)
+    }),
     optionsOf: (pollIds) =>
       pollIds.length === 0
         ? Effect.succeed(new Map())

@@ -1,10 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import type { Stage } from "../../src/Config.js"
 import * as Ring from "../../src/Ring.js"
 import { csvCell } from "../../src/Http/Export.js"
-import type { Reply } from "../support/app.js"
-import { freePort, type RedisServer, startRedis } from "../support/redis.js"
-import { type InProcessStage, startStage } from "../support/stage.js"
+import { freePort } from "../support/redis.js"
+import { expectError, serveOnTwoNodes, startStage } from "../support/stage.js"
 
 /**
  * `GET /polls/{id}/results.json` and `.csv` over every stage's composition, in this process, on two real
@@ -16,47 +15,26 @@ const STAGES: ReadonlyArray<Stage> = ["memory", "redis", "cached", "batched", "s
 const BUFFERED = new Set<Stage>(["batched", "full"])
 const CACHED = new Set<Stage>(["cached", "full"])
 
-let first: RedisServer
-let second: RedisServer
-const stages = new Map<Stage, InProcessStage>()
-
-beforeAll(async () => {
-  ;[first, second] = await Promise.all([startRedis(), startRedis()])
-  const env = {
-    REDIS_URL: first.url,
-    REDIS_NODES: `node_a=${first.url},node_b=${second.url}`,
-    FLUSH_INTERVAL_MS: "600000",
-    CACHE_TTL_MS: "600000"
-  }
-  for (const [stage, started] of await Promise.all(STAGES.map(async (s) => [s, await startStage(s, env)] as const))) {
-    stages.set(stage, started)
-  }
-}, 60_000)
-
-afterAll(async () => {
-  await Promise.all([...stages.values()].map((s) => s.close()))
-  await Promise.all([first?.stop(), second?.stop()])
-})
+const stages = serveOnTwoNodes(STAGES, (first, second) => ({
+  REDIS_URL: first.url,
+  REDIS_NODES: `node_a=${first.url},node_b=${second.url}`,
+  FLUSH_INTERVAL_MS: "600000",
+  CACHE_TTL_MS: "600000"
+}))
 
 let unique = 0
 const pollId = (name: string) => `${name}-${process.pid}-${unique++}`
 
-const expectError = (reply: Reply, status: number, error: string) =>
-  expect({ status: reply.status, type: reply.headers.get("content-type"), body: reply.json }).toEqual({
-    status,
-    type: "application/json",
-    body: { error, message: expect.stringMatching(/\S/) }
-  })
-
 /** The Redis hash of a poll's counts, on the node the stage keeps it. */
 const stored = async (stage: Stage, id: string) => {
   const sharded = stage === "sharded" || stage === "full"
-  const node = sharded && Ring.nodeFor(Ring.make(["node_a", "node_b"]), id) === "node_b" ? second : first
+  const node =
+    sharded && Ring.nodeFor(Ring.make(["node_a", "node_b"]), id) === "node_b" ? stages.second() : stages.first()
   return node.client().hgetall(`poll:{${id}}:counts`)
 }
 
 describe.each(STAGES)("exports, %s stage", (stage) => {
-  const app = () => stages.get(stage)!
+  const app = () => stages.app(stage)
   const vote = async (id: string, option: string) => {
     const reply = await app().request("POST", `/api/v1/vote/${id}`, JSON.stringify({ option_id: option }))
     expect(reply.status, reply.text).toBe(200)

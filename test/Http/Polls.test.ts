@@ -1,9 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import type { Stage } from "../../src/Config.js"
 import { CREATED_KEY } from "../../src/Polls/Redis.js"
-import type { Reply } from "../support/app.js"
-import { type RedisServer, startRedis } from "../support/redis.js"
-import { type InProcessStage, startStage } from "../support/stage.js"
+import { expectError, serveOnTwoNodes } from "../support/stage.js"
 
 /**
  * `GET /polls`: the defined polls a page at a time, over the memory stage and the sharded one (two real
@@ -12,29 +10,10 @@ import { type InProcessStage, startStage } from "../support/stage.js"
 
 const STAGES: ReadonlyArray<Stage> = ["memory", "sharded"]
 
-let first: RedisServer
-let second: RedisServer
-const stages = new Map<Stage, InProcessStage>()
-
-beforeAll(async () => {
-  ;[first, second] = await Promise.all([startRedis(), startRedis()])
-  const env = { REDIS_NODES: `node_a=${first.url},node_b=${second.url}` }
-  for (const stage of STAGES) stages.set(stage, await startStage(stage, env))
-}, 60_000)
-
-afterAll(async () => {
-  await Promise.all([...stages.values()].map((s) => s.close()))
-  await Promise.all([first?.stop(), second?.stop()])
-})
+const stages = serveOnTwoNodes(STAGES, (first, second) => ({ REDIS_NODES: `node_a=${first.url},node_b=${second.url}` }))
 
 let unique = 0
 const pollId = (name: string) => `${name}-${process.pid}-${unique++}`
-
-const expectError = (reply: Reply, status: number, error: string) =>
-  expect({ status: reply.status, body: reply.json }).toEqual({
-    status,
-    body: { error, message: expect.stringMatching(/\S/) }
-  })
 
 interface Shown {
   readonly id: string
@@ -51,7 +30,7 @@ const newestFirst = (polls: ReadonlyArray<Shown>) =>
     .map((p) => p.id)
 
 describe.each(STAGES)("listing, %s stage", (stage) => {
-  const app = () => stages.get(stage)!
+  const app = () => stages.app(stage)
   const keys = new Map<string, string>()
   const create = async (name: string, extra: Record<string, unknown> = {}): Promise<Shown> => {
     const body = {
@@ -233,7 +212,8 @@ describe.each(STAGES)("listing, %s stage", (stage) => {
   if (stage === "sharded") {
     it("merges both nodes' polls into one order", async () => {
       for (let i = 0; i < 10; i++) await create("spread")
-      for (const server of [first, second]) expect(await server.client().zcard(CREATED_KEY)).toBeGreaterThan(0)
+      for (const server of [stages.first(), stages.second()])
+        expect(await server.client().zcard(CREATED_KEY)).toBeGreaterThan(0)
       const pages = await walk("limit=7")
       expect(ids(pages)).toEqual(newestFirst(pages.flatMap((p) => p.polls)))
     })

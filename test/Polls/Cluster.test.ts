@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Context, Duration, Effect, Either, Layer, Option } from "effect"
+import { Context, Effect, Layer, Option } from "effect"
 import { DefinitionLost, OptionId, type PollDefinition, PollId, StoreUnavailable } from "../../src/Domain.js"
 import * as Polls from "../../src/Polls.js"
 import * as PollsCached from "../../src/Polls/Cached.js"
@@ -7,7 +7,8 @@ import * as PollsCluster from "../../src/Polls/Cluster.js"
 import * as ClusterClient from "../../src/RedisClient/Cluster.js"
 import { slotOf } from "../../src/VoteStore/Cluster.js"
 import { type RedisCluster, startCluster } from "../support/cluster.js"
-import { eventually, sleep } from "../support/wait.js"
+import { failsInTime, promise, untilSucceeds } from "../support/effect.js"
+import { eventually } from "../support/wait.js"
 
 /**
  * The cluster backend beyond the `Polls` contract (which test/Polls.test.ts runs over it): where its keys live, what
@@ -30,7 +31,6 @@ afterAll(async () => {
   await Promise.all([cluster?.stop(), replicated?.stop()])
 })
 
-const promise = <A>(run: () => Promise<A>) => Effect.promise(run)
 const ROOMY = 10_000
 /** Long enough that only an announcement drops a cached definition while a test runs. */
 const CACHE = { ttl: "1 hour", capacity: 1000 } as const
@@ -77,23 +77,6 @@ const idWhere = (prefix: string, holds: (id: string) => boolean) => {
     if (holds(id)) return PollId.make(id)
   }
 }
-
-/** The error of an effect that must fail, and must do so within the contract's 2 s. */
-const failsInTime = <A, E>(effect: Effect.Effect<A, E>) =>
-  effect.pipe(
-    Effect.timeoutFail({ duration: Duration.seconds(2), onTimeout: () => "no answer within 2 s" as const }),
-    Effect.flip
-  )
-
-/** Runs an effect until it succeeds, with a pause between attempts; gives up after `attempts`. */
-const untilSucceeds = <A, E>(effect: Effect.Effect<A, E>, attempts = 100, pauseMs = 100) =>
-  Effect.gen(function* () {
-    for (let i = 1; ; i++) {
-      const result = yield* Effect.either(effect)
-      if (Either.isRight(result) || i === attempts) return yield* result
-      yield* promise(() => sleep(pauseMs))
-    }
-  })
 
 /** Sharded subscribers of a channel on its master, as that master counts them. */
 const subscribersOf = (channel: string, port: number, on: RedisCluster = cluster) =>

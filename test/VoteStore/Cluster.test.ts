@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Either } from "effect"
+import { Effect } from "effect"
 import {
   AlreadyVoted,
   MAX_OPTIONS_PER_POLL,
@@ -13,11 +13,10 @@ import * as ClusterStore from "../../src/VoteStore/Cluster.js"
 import { countsKey } from "../../src/VoteStore/Redis.js"
 import { type Batch, VoteStore } from "../../src/VoteStore.js"
 import { type ClusterNodeInfo, type RedisCluster, startCluster } from "../support/cluster.js"
-import { sleep } from "../support/wait.js"
+import { failsInTime, promise, untilSucceeds as retried } from "../support/effect.js"
 
 const poll = (id: string) => PollId.make(id)
 const option = (id: string) => OptionId.make(id)
-const promise = <A>(run: () => Promise<A>) => Effect.promise(run)
 
 /** 3 masters with a replica each; and 3 masters alone, whose slots keep answering while another master is down. */
 let replicated: RedisCluster
@@ -69,22 +68,8 @@ const stored = (cluster: RedisCluster, pollId: string) =>
     }
   })
 
-/** Runs an effect until it succeeds, with a pause between attempts; gives up after `attempts`. */
-const untilSucceeds = <A, E>(effect: Effect.Effect<A, E>, attempts = 100, pauseMs = 200) =>
-  Effect.gen(function* () {
-    for (let i = 1; ; i++) {
-      const result = yield* Effect.either(effect)
-      if (Either.isRight(result) || i === attempts) return yield* result
-      yield* promise(() => sleep(pauseMs))
-    }
-  })
-
-/** The error of an effect that must fail, and must do so within the contract's 2 s. */
-const failsInTime = <A, E>(effect: Effect.Effect<A, E>) =>
-  effect.pipe(
-    Effect.timeoutFail({ duration: Duration.seconds(2), onTimeout: () => "no answer within 2 s" as const }),
-    Effect.flip
-  )
+/** Until it succeeds, at half the usual pace (every 200 ms, 20 s in all): these tests wait out failovers. */
+const untilSucceeds = <A, E>(effect: Effect.Effect<A, E>, attempts = 100) => retried(effect, attempts, 200)
 
 describe("the Redis Cluster vote store", () => {
   it.live("computes each poll's slot as the cluster does", () =>

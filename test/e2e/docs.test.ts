@@ -1,31 +1,16 @@
-import { existsSync } from "node:fs"
 import { type Browser, chromium } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { document } from "../../src/Http/OpenApi.js"
 import { type App, killAllApps, startApp } from "../support/app.js"
+import { CHROMIUM, CHROMIUM_ARGS, requireChromium } from "../support/chromium.js"
 
 /** The API documentation page (`GET /docs`) in real headless Chromium, under the policy it is served with. */
-
-// Debian's chromium package by default; CHROMIUM_PATH names another Chromium binary (see test/e2e/page.test.ts).
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium"
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--no-first-run"
-]
 
 let app: App
 let browser: Browser
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(
-      `${CHROMIUM} is missing: the docs page test drives Chromium. Install Debian's chromium package ` +
-        `(apt-get install -y chromium), or set CHROMIUM_PATH to the path of another Chromium binary`
-    )
-  }
+  requireChromium("the docs page test")
   ;[app, browser] = await Promise.all([
     startApp({ env: { POLL_STAGE: "memory" } }),
     chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS })

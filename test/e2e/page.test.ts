@@ -1,9 +1,10 @@
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs"
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { type BrowserContext, chromium, type Page } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { type App, killAllApps, startApp } from "../support/app.js"
+import { CHROMIUM, CHROMIUM_ARGS, requireChromium } from "../support/chromium.js"
 import { eventually } from "../support/wait.js"
 import { type RedisServer, startRedis } from "../support/redis.js"
 
@@ -12,19 +13,6 @@ import { type RedisServer, startRedis } from "../support/redis.js"
 // The browser's globals, for the functions this file sends into the page (the project compiles without the DOM lib).
 declare const document: any, window: any, localStorage: any, getComputedStyle: any
 
-// Debian's chromium package by default; CHROMIUM_PATH names another Chromium binary (on macOS, for instance,
-// "/Applications/Chromium.app/Contents/MacOS/Chromium").
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium"
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--no-first-run",
-  "--disable-sync",
-  "--disable-quic"
-]
 // The README's screenshots are refreshed on request (SCREENSHOTS=docs npm test); an ordinary run writes elsewhere,
 // so running the tests never changes a committed file.
 const DOCS =
@@ -40,12 +28,7 @@ let profile: string
 let browser: BrowserContext
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(
-      `${CHROMIUM} is missing: the page test drives Chromium. Install Debian's chromium package ` +
-        `(apt-get install -y chromium), or set CHROMIUM_PATH to the path of another Chromium binary`
-    )
-  }
+  requireChromium("the page test")
   profile = mkdtempSync(join(tmpdir(), "livepoll-chromium-"))
   redis = await startRedis()
   const env = { POLL_STAGE: "batched", REDIS_URL: redis.url, FLUSH_INTERVAL_MS: "300" }

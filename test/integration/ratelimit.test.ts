@@ -123,5 +123,12 @@ describe("request ids", () => {
     expect(y!.headers.get("x-request-id")).toMatch(/^[0-9a-f-]{36}$/)
     expect(x!.headers.get("x-request-id")).not.toBe(y!.headers.get("x-request-id"))
     expect(x!.status).toBe(404)
+    // Answers written other than as a JSON reply carry it too: the page, a stream's head, the metrics.
+    const page = await memory.request("GET", "/polls/p", undefined, { accept: "text/html", "x-request-id": "page-1" })
+    expect([page.status, page.headers.get("x-request-id")]).toEqual([200, "page-1"])
+    const stream = await memory.request("HEAD", "/api/v1/polls/p/stream", undefined, { "x-request-id": "stream-1" })
+    expect([stream.status, stream.headers.get("x-request-id")]).toEqual([200, "stream-1"])
+    const metrics = await memory.request("GET", "/metrics", undefined, { "x-request-id": "metrics-1" })
+    expect([metrics.status, metrics.headers.get("x-request-id")]).toEqual([200, "metrics-1"])
   })
 })

@@ -102,7 +102,8 @@ const collect = (child: ChildProcess, lines: Array<string>, onLine: () => void) 
   }
 }
 
-const toReply = async (response: Response): Promise<Reply> => {
+/** An answer as a test reads it: the text, and the JSON it holds (undefined when it holds none). */
+export const toReply = async (response: Response): Promise<Reply> => {
   const text = await response.text()
   let json: unknown = undefined
   try {

@@ -5,11 +5,11 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { promisify } from "node:util"
 import { Cluster, Redis } from "ioredis"
-import { freePort } from "./redis.js"
+import { BUS_OFFSET, createArgs, nodeArgs } from "../../scripts/cluster.js"
+import { ask } from "../../scripts/redis.js"
+import { freePort, waitForPing } from "./redis.js"
 import { sleep } from "./wait.js"
 
-/** A node's cluster bus listens this far above its client port. */
-const BUS_OFFSET = 10_000
 const NODE_TIMEOUT_MS = 2000
 
 export type ClusterState = "ok" | "fail"
@@ -83,31 +83,6 @@ export const freeNodePorts = async (n: number): Promise<Array<number>> => {
   return ports
 }
 
-const plainClient = (port: number) => {
-  const client = new Redis({
-    port,
-    host: "127.0.0.1",
-    lazyConnect: true,
-    maxRetriesPerRequest: 0,
-    retryStrategy: () => null
-  })
-  client.on("error", () => {})
-  return client
-}
-
-/** Runs one command against a node on a connection of its own; undefined when the node does not answer. */
-const ask = async <A>(port: number, run: (client: Redis) => Promise<A>): Promise<A | undefined> => {
-  const client = plainClient(port)
-  try {
-    await client.connect()
-    return await run(client)
-  } catch {
-    return undefined
-  } finally {
-    client.disconnect()
-  }
-}
-
 const until = async (what: string, timeoutMs: number, done: () => Promise<boolean>) => {
   const deadline = Date.now() + timeoutMs
   while (!(await done())) {
@@ -160,41 +135,18 @@ export const startCluster = async (options: ClusterOptions = {}): Promise<RedisC
 
   const launch = async (port: number) => {
     const dir = dirs.get(port)!
+    // The dev cluster's nodes, but quicker to fail over, and as strict as Redis's default about coverage unless told.
     const child = spawn(
       "redis-server",
-      [
-        "--port",
-        String(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        dir,
-        "--cluster-enabled",
-        "yes",
-        "--cluster-config-file",
-        join(dir, "nodes.conf"),
-        "--cluster-node-timeout",
-        String(NODE_TIMEOUT_MS),
-        "--cluster-require-full-coverage",
-        options.requireFullCoverage === false ? "no" : "yes",
-        // A replica's full sync starts at once instead of waiting 5 s for other replicas to join it.
-        "--repl-diskless-sync-delay",
-        "0",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--save",
-        ""
-      ],
+      nodeArgs(port, dir, [
+        ["--cluster-node-timeout", String(NODE_TIMEOUT_MS)],
+        ["--cluster-require-full-coverage", options.requireFullCoverage === false ? "no" : "yes"],
+        ["--appendfsync", "always"]
+      ]),
       { stdio: "ignore" }
     )
     children.set(port, child)
-    await until(
-      `redis-server on ${port} answering PING`,
-      5000,
-      async () => (await ask(port, (c) => c.ping())) === "PONG"
-    )
+    await waitForPing(port)
   }
 
   const running = () =>
@@ -255,14 +207,7 @@ export const startCluster = async (options: ClusterOptions = {}): Promise<RedisC
 
   try {
     await Promise.all(ports.map(launch))
-    await promisify(execFile)("redis-cli", [
-      "--cluster",
-      "create",
-      ...ports.map((port) => `127.0.0.1:${port}`),
-      "--cluster-replicas",
-      String(replicas),
-      "--cluster-yes"
-    ])
+    await promisify(execFile)("redis-cli", createArgs(ports, replicas))
     await waitForState("ok")
     await until("every node seeing every other", 10_000, async () => {
       const views = await Promise.all(ports.map(topologyFrom))

@@ -4,7 +4,8 @@ import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Redis } from "ioredis"
-import { sleep } from "./wait.js"
+import { ask, serverArgs } from "../../scripts/redis.js"
+import { eventually } from "./wait.js"
 
 /** Ports the project's own dev topology and the machine's default redis use; tests never take them. */
 const RESERVED = new Set([6379, 7000, 7001, 8000])
@@ -39,27 +40,12 @@ export interface RedisServer {
   readonly halt: () => Promise<void>
 }
 
-const waitForPing = async (port: number, timeoutMs = 5000) => {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const client = new Redis({
-      port,
-      host: "127.0.0.1",
-      lazyConnect: true,
-      maxRetriesPerRequest: 0,
-      retryStrategy: () => null
-    })
-    client.on("error", () => {})
-    try {
-      await client.connect()
-      if ((await client.ping()) === "PONG") return
-    } catch {
-      if (Date.now() > deadline) throw new Error(`redis-server on ${port} did not answer PING within ${timeoutMs} ms`)
-      await sleep(25)
-    } finally {
-      client.disconnect()
-    }
-  }
+/** Until the redis-server on `port` answers PING. */
+export const waitForPing = async (port: number, timeoutMs = 5000): Promise<void> => {
+  await eventually(async () => ((await ask(port, (c) => c.ping())) === "PONG" ? true : undefined), {
+    timeoutMs,
+    what: `redis-server on ${port} answering PING`
+  })
 }
 
 const exited = (child: ChildProcess) =>
@@ -76,20 +62,10 @@ export const startRedis = async (options: { port?: number } = {}): Promise<Redis
   const launch = async () => {
     child = spawn(
       "redis-server",
-      [
-        "--port",
-        String(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        dir,
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--save",
-        ""
-      ],
+      serverArgs(port, dir, [
+        ["--appendonly", "yes"],
+        ["--appendfsync", "always"]
+      ]),
       { stdio: "ignore" }
     )
     await waitForPing(port)
