@@ -4,6 +4,7 @@ import { PollId } from "../src/Domain.js"
 import * as Feed from "../src/Feed.js"
 import * as FeedRedis from "../src/Feed/Redis.js"
 import { type RedisServer, startRedis } from "./support/redis.js"
+import { counter, type FeedBackend, feedContract, heardOver as heardOverStore } from "./support/feed.js"
 import { eventually } from "./support/wait.js"
 
 /**
@@ -29,95 +30,35 @@ const redisLayer = () =>
 let unique = 0
 const pollId = (name: string) => PollId.make(`${name}-${process.pid}-${unique++}`)
 
-/** A listener that counts its calls. */
-const counter = () => {
-  const count = { calls: 0, listener: () => void count.calls++ }
-  return count
-}
-
-/**
- * Signals a poll of its own on `sender` until `receiver` hears it over the shared store (its own direct call on the
- * same instance does not count): then every signal `sender` sent before has reached `receiver` as well.
- */
+/** Until any signal `sender` sent before has reached `receiver` over the shared store. */
 const heardOver = (sender: Feed.FeedShape, receiver: Feed.FeedShape) =>
-  Effect.gen(function* () {
-    const id = pollId("heard")
-    const heard = counter()
-    const unsubscribe = yield* receiver.subscribe(id, heard.listener)
-    let sent = 0
-    yield* Effect.promise(() =>
-      eventually(
-        async () => {
-          if (heard.calls > (sender === receiver ? sent : 0)) return true
-          sent++
-          Effect.runSync(sender.changed(id))
-          return undefined
-        },
-        { what: "a signal heard over pub/sub", intervalMs: FeedRedis.SIGNAL_INTERVAL_MS / 2 }
-      )
-    )
-    yield* unsubscribe
+  heardOverStore(sender, receiver, {
+    newPoll: () => pollId("heard"),
+    intervalMs: FeedRedis.SIGNAL_INTERVAL_MS / 2,
+    what: "a signal heard over pub/sub"
   })
 
-const backends: ReadonlyArray<{
-  readonly name: string
-  readonly layer: () => Layer.Layer<Feed.Feed>
-  /** Until any signal this instance sent has come back to it, if it does. */
-  readonly settle: (feed: Feed.FeedShape) => Effect.Effect<void>
-}> = [
-  { name: "local", layer: () => Feed.layerLocal, settle: () => Effect.void },
-  { name: "redis", layer: redisLayer, settle: (feed) => heardOver(feed, feed) }
+const backends: ReadonlyArray<{ readonly name: string; readonly layer: () => Layer.Layer<Feed.Feed> } & FeedBackend> = [
+  {
+    name: "local",
+    layer: () => Feed.layerLocal,
+    newPoll: pollId,
+    neighbour: (_, name) => pollId(name),
+    settle: () => Effect.void,
+    echoes: false
+  },
+  {
+    name: "redis",
+    layer: redisLayer,
+    newPoll: pollId,
+    neighbour: (_, name) => pollId(name),
+    settle: (feed) => heardOver(feed, feed),
+    echoes: false
+  }
 ]
 
-for (const backend of backends) {
-  it.layer(backend.layer())(`Feed over ${backend.name}`, (it) => {
-    it.effect("changed runs the poll's listeners on this instance at once, and no other poll's", () =>
-      Effect.gen(function* () {
-        const feed = yield* Feed.Feed
-        const [id, other] = [pollId("changed"), pollId("other")]
-        const [first, second, elsewhere] = [counter(), counter(), counter()]
-        yield* feed.subscribe(id, first.listener)
-        yield* feed.subscribe(id, second.listener)
-        yield* feed.subscribe(other, elsewhere.listener)
-        yield* feed.changed(id)
-        expect(first.calls).toBeGreaterThanOrEqual(1)
-        expect(second.calls).toBeGreaterThanOrEqual(1)
-        yield* backend.settle(feed)
-        expect(elsewhere.calls).toBe(0)
-      })
-    )
-
-    it.effect("local runs the poll's listeners on this instance at once, once", () =>
-      Effect.gen(function* () {
-        const feed = yield* Feed.Feed
-        const id = pollId("local")
-        const heard = counter()
-        yield* feed.subscribe(id, heard.listener)
-        yield* feed.local(id)
-        expect(heard.calls).toBe(1)
-        // Nothing comes back through the shared store later.
-        yield* backend.settle(feed)
-        expect(heard.calls).toBe(1)
-      })
-    )
-
-    it.effect("unsubscribe stops that listener only", () =>
-      Effect.gen(function* () {
-        const feed = yield* Feed.Feed
-        const id = pollId("unsubscribe")
-        const [gone, kept] = [counter(), counter()]
-        const unsubscribe = yield* feed.subscribe(id, gone.listener)
-        yield* feed.subscribe(id, kept.listener)
-        yield* unsubscribe
-        yield* feed.changed(id)
-        yield* feed.local(id)
-        yield* backend.settle(feed)
-        expect(gone.calls).toBe(0)
-        expect(kept.calls).toBeGreaterThanOrEqual(2)
-      })
-    )
-  })
-}
+for (const backend of backends)
+  it.layer(backend.layer())(`Feed over ${backend.name}`, (it) => feedContract(it, backend))
 
 describe("Feed over redis, two instances on one node", () => {
   const twoInstances = Effect.gen(function* () {

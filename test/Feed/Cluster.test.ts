@@ -7,6 +7,7 @@ import { SIGNAL_INTERVAL_MS } from "../../src/Feed/Redis.js"
 import * as ClusterClient from "../../src/RedisClient/Cluster.js"
 import { slotOf } from "../../src/VoteStore/Cluster.js"
 import { type RedisCluster, startCluster } from "../support/cluster.js"
+import { counter, feedContract, heardOver as heardOverStore } from "../support/feed.js"
 import { eventually } from "../support/wait.js"
 
 /**
@@ -40,85 +41,27 @@ const pollIn = (group: number, name: string) => {
   }
 }
 
-const counter = () => {
-  const count = { calls: 0, listener: () => void count.calls++ }
-  return count
-}
-
 /**
- * Signals a poll of `group` on `sender` until `receiver` hears it over the cluster (its own direct call on the same
- * instance does not count): then every signal `sender` sent before on that group's channel has reached `receiver`.
+ * Signals a poll of `group` on `sender` until `receiver` hears it over the cluster: then every signal `sender` sent
+ * before on that group's channel has reached `receiver`.
  */
 const heardOver = (sender: Feed.FeedShape, receiver: Feed.FeedShape, group: number, timeoutMs = 5000) =>
-  Effect.gen(function* () {
-    const id = pollIn(group, "heard")
-    const heard = counter()
-    const unsubscribe = yield* receiver.subscribe(id, heard.listener)
-    let sent = 0
-    yield* Effect.promise(() =>
-      eventually(
-        async () => {
-          if (heard.calls > (sender === receiver ? sent : 0)) return true
-          sent++
-          Effect.runSync(sender.changed(id))
-          return undefined
-        },
-        { what: `a signal of group ${group} heard over the cluster`, intervalMs: SIGNAL_INTERVAL_MS / 2, timeoutMs }
-      )
-    )
-    yield* unsubscribe
+  heardOverStore(sender, receiver, {
+    newPoll: () => pollIn(group, "heard"),
+    intervalMs: SIGNAL_INTERVAL_MS / 2,
+    what: `a signal of group ${group} heard over the cluster`,
+    timeoutMs
   })
 
-it.layer(clusterLayer())("Feed over a Redis Cluster", (it) => {
-  it.effect("changed runs the poll's listeners on this instance at once, and no other poll's", () =>
-    Effect.gen(function* () {
-      const feed = yield* Feed.Feed
-      const id = pollId("changed")
-      // Another poll of the same group: its channel carries both, and only the one named runs.
-      const other = pollIn(ClusterClient.groupOf(id), "other")
-      const [first, second, elsewhere] = [counter(), counter(), counter()]
-      yield* feed.subscribe(id, first.listener)
-      yield* feed.subscribe(id, second.listener)
-      yield* feed.subscribe(other, elsewhere.listener)
-      yield* feed.changed(id)
-      expect(first.calls).toBeGreaterThanOrEqual(1)
-      expect(second.calls).toBeGreaterThanOrEqual(1)
-      yield* heardOver(feed, feed, ClusterClient.groupOf(id))
-      // Once directly, once more over the cluster.
-      expect(first.calls).toBeGreaterThanOrEqual(2)
-      expect(elsewhere.calls).toBe(0)
-    })
-  )
-
-  it.effect("local runs the poll's listeners on this instance at once, once", () =>
-    Effect.gen(function* () {
-      const feed = yield* Feed.Feed
-      const id = pollId("local")
-      const heard = counter()
-      yield* feed.subscribe(id, heard.listener)
-      yield* feed.local(id)
-      expect(heard.calls).toBe(1)
-      yield* heardOver(feed, feed, ClusterClient.groupOf(id))
-      expect(heard.calls).toBe(1)
-    })
-  )
-
-  it.effect("unsubscribe stops that listener only", () =>
-    Effect.gen(function* () {
-      const feed = yield* Feed.Feed
-      const id = pollId("unsubscribe")
-      const [gone, kept] = [counter(), counter()]
-      const unsubscribe = yield* feed.subscribe(id, gone.listener)
-      yield* feed.subscribe(id, kept.listener)
-      yield* unsubscribe
-      yield* feed.changed(id)
-      yield* feed.local(id)
-      yield* heardOver(feed, feed, ClusterClient.groupOf(id))
-      expect(gone.calls).toBe(0)
-      expect(kept.calls).toBeGreaterThanOrEqual(3)
-    })
-  )
-})
+// Another poll of the same group as the one named: its channel carries both, and only the one named runs.
+it.layer(clusterLayer())("Feed over a Redis Cluster", (it) =>
+  feedContract(it, {
+    newPoll: pollId,
+    neighbour: (id, name) => pollIn(ClusterClient.groupOf(id), name),
+    settle: (feed, id) => heardOver(feed, feed, ClusterClient.groupOf(id)),
+    echoes: true
+  })
+)
 
 describe("Feed over a Redis Cluster, two instances", () => {
   it.scopedLive("changed on one wakes the poll's listeners on the other, for polls of every group", () =>
