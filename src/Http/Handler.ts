@@ -18,7 +18,6 @@ import * as Health from "./Health.js"
 import * as PollsHttp from "./Polls.js"
 import { EXTRA_HEADERS, fromError, type Reply, send as write, textReply, type WithExtraHeaders } from "./Reply.js"
 import { type Route, route, UNLIMITED } from "./Routes.js"
-import { clientAddress } from "./RateLimits.js"
 import * as RateLimitsHttp from "./RateLimits.js"
 import * as RequestLog from "./RequestLog.js"
 import { runFast } from "./Run.js"
@@ -81,11 +80,12 @@ const ALWAYS_LOGGED = new Set(["CreatePoll", "ClosePoll", "ListPolls", "ExportCs
 export const makeHandler = (runtime: Runtime.Runtime<Services>, options: HandlerOptions) => {
   const runFork = Runtime.runFork(runtime)
   const metrics = Metrics.of(runtime.context)
+  const clock = Runtime.runSync(runtime)(Effect.clock)
   const api = makeApi({
     store: Context.get(runtime.context, VoteStore),
     polls: Context.get(runtime.context, Polls),
     feed: Context.get(runtime.context, Feed),
-    clock: Runtime.runSync(runtime)(Effect.clock),
+    clock,
     metrics
   })
   // Every answer is counted once, by route and status, with the time since the request was routed: at `send`, or
@@ -118,7 +118,6 @@ export const makeHandler = (runtime: Runtime.Runtime<Services>, options: Handler
       heartbeatMs: options.streamHeartbeatMs
     }
   )
-  const clock = Runtime.runSync(runtime)(Effect.clock)
   const trustProxy = options.trustProxy ?? 0
   const sample = options.accessLogSample ?? 0
   const limits =
@@ -171,7 +170,12 @@ export const makeHandler = (runtime: Runtime.Runtime<Services>, options: Handler
       const r = route(req.method ?? "GET", req.url ?? "/", req.headers.accept)
       timed(res, r._tag === "Reject" ? "unmatched" : r._tag)
       if (ALWAYS_LOGGED.has(r._tag) || (sample > 0 && Math.random() < sample)) {
-        RequestLog.logWhenDone(req, res, { route: r._tag, requestId, client: clientAddress(req, trustProxy) }, runFork)
+        RequestLog.logWhenDone(
+          req,
+          res,
+          { route: r._tag, requestId, client: RateLimitsHttp.clientAddress(req, trustProxy) },
+          runFork
+        )
       }
       if (limits === undefined || UNLIMITED.has(r._tag) || r._tag === "Vote") dispatch(req, res, r)
       else runLimited(req, res, r)
