@@ -1,4 +1,5 @@
 import { Config, ConfigError, Either, Option } from "effect"
+import { availableParallelism } from "node:os"
 
 export const STAGES = ["memory", "redis", "cached", "batched", "sharded", "full", "cluster"] as const
 
@@ -24,6 +25,19 @@ const parseRedisUrl = (text: string): Either.Either<string, string> => {
 }
 
 const portOf = (url: string) => new URL(url).port || "6379"
+
+/** Worker processes at most: each holds its own Redis connections, buffer and memory. */
+export const MAX_WORKERS = 256
+
+/** `WORKERS`: a whole number from 1 to MAX_WORKERS, or `auto` for one per CPU the process may run on. */
+export const parseWorkers = (text: string): Either.Either<number, string> => {
+  const trimmed = text.trim()
+  if (trimmed === "auto") return Either.right(Math.min(MAX_WORKERS, availableParallelism()))
+  const n = /^\d{1,4}$/.test(trimmed) ? Number(trimmed) : NaN
+  return n >= 1 && n <= MAX_WORKERS
+    ? Either.right(n)
+    : Either.left(`must be a whole number from 1 to ${MAX_WORKERS}, or auto, got ${text}`)
+}
 
 /** `REDIS_CLUSTER`: seed nodes, comma-separated `redis://host:port`. */
 export const parseSeeds = (text: string): Either.Either<ReadonlyArray<string>, string> => {
@@ -212,6 +226,19 @@ const SETTINGS = {
   ),
   shutdownFlushMs: setting("SHUTDOWN_FLUSH_MS", (env) =>
     timeout(env, 5000, "how long the final flush on SIGTERM may take before it reports what is left")
+  ),
+  workers: setting("WORKERS", (env) =>
+    validated(
+      Config.string(env).pipe(
+        Config.withDefault("1"),
+        Config.withDescription(
+          "worker processes sharing the port (node:cluster), each with its own buffer and journal; auto: one per " +
+            "available CPU. More than 1 needs a stage that keeps its counts in Redis (not memory)"
+        )
+      ),
+      env,
+      parseWorkers
+    )
   ),
   journalDir: setting(
     "JOURNAL_DIR",
