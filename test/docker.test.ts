@@ -1,14 +1,20 @@
 /**
  * Docker cannot run where the tests run, so docker-compose.yml, docker-compose.cluster.yml, the Dockerfile and
  * .dockerignore are checked statically: what `docker compose up --build` would start, against the contract and
- * against the app's own config.
+ * against the app's own config. nginx's config (deploy/nginx.conf) is checked by `nginx -t` too.
  */
-import { Either } from "effect"
-import { existsSync, readFileSync } from "node:fs"
+import { Effect, Either, ConfigProvider } from "effect"
+import { execFile, execFileSync } from "node:child_process"
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { createServer } from "node:http"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { describe, expect, it } from "vitest"
 import { parse } from "yaml"
 import * as Cluster from "../scripts/cluster.js"
-import { parseRedisNodes, parseSeeds } from "../src/Config.js"
+import { AppConfig, parseRedisNodes, parseSeeds } from "../src/Config.js"
+import { executable } from "./support/balancer.js"
+import { freePort } from "./support/redis.js"
 
 const read = (path: string) => readFileSync(new URL(`../${path}`, import.meta.url), "utf8")
 const exists = (path: string) => existsSync(new URL(`../${path}`, import.meta.url))
@@ -25,6 +31,9 @@ interface Service {
   readonly depends_on?: ReadonlyArray<string> | Readonly<Record<string, { readonly condition?: string }>>
   readonly healthcheck?: { readonly test?: string | ReadonlyArray<string> }
   readonly volumes?: ReadonlyArray<string | { readonly target?: string }>
+  readonly deploy?: { readonly replicas?: number }
+  readonly expose?: ReadonlyArray<string | number>
+  readonly container_name?: string
 }
 
 const compose = parse(read("docker-compose.yml")) as {
@@ -62,10 +71,14 @@ const flag = (command: ReadonlyArray<string>, name: string) => {
 
 /** Both compose files build the app the same way. */
 const itBuildsTheAppHere = (app: Service) =>
-  it("builds the app from this directory and publishes 8000 on 8000", () => {
+  it("builds the app from this directory", () => {
     const context = typeof app.build === "string" ? app.build : (app.build as { context?: string } | undefined)?.context
     expect(context).toBe(".")
-    expect((app.ports ?? []).map(String)).toContain("8000:8000")
+  })
+
+const itPublishes8000 = (service: Service) =>
+  it("publishes 8000 on 8000", () => {
+    expect((service.ports ?? []).map(String)).toContain("8000:8000")
   })
 
 /** What every Redis service of both compose files is: Redis 7 on `port`, published on it, healthy once it answers. */
@@ -92,8 +105,8 @@ const REDIS_NODES = [
 ] as const
 
 describe("docker-compose.yml", () => {
-  it("has exactly the app and the two Redis shards", () => {
-    expect(Object.keys(services).sort()).toEqual(["app", "redis-node-1", "redis-node-2"])
+  it("has exactly nginx, the app and the two Redis shards", () => {
+    expect(Object.keys(services).sort()).toEqual(["app", "nginx", "redis-node-1", "redis-node-2"])
   })
 
   itBuildsTheAppHere(services.app!)
@@ -127,6 +140,75 @@ describe("docker-compose.yml", () => {
     }
   })
 
+  it("runs the app as three replicas that publish no port of their own, named by compose", () => {
+    const app = services.app!
+    expect(app.deploy?.replicas).toBe(3)
+    // Three containers cannot publish one host port, nor share one name.
+    expect(app.ports ?? []).toEqual([])
+    expect(app.container_name).toBeUndefined()
+    expect((app.expose ?? []).map(String)).toContain("8000")
+  })
+
+  it("gives the app an environment its own config accepts, trusting the one proxy in front of it", () => {
+    const env = environmentOf(services.app!)
+    const config = Effect.runSync(
+      Effect.withConfigProvider(AppConfig, ConfigProvider.fromMap(new Map(Object.entries(env))))
+    )
+    expect(config.port).toBe(8000)
+    expect(config.trustProxy).toBe(1)
+  })
+
+  it("calls the app healthy once GET / answers 200 on 8000, with what its image has (node, no curl)", () => {
+    const test = services.app!.healthcheck?.test
+    expect(Array.isArray(test) ? test.slice(0, 3) : test).toEqual(["CMD", "node", "-e"])
+    expect(words(test)).toHaveLength(3)
+    expect((test as ReadonlyArray<string>)[3]).toContain("'http://127.0.0.1:8000/'")
+  })
+
+  it("the app's health check exits 0 when GET / answers 200, and 1 when it answers otherwise or nothing listens", async () => {
+    const script = (services.app!.healthcheck!.test as ReadonlyArray<string>)[3]!
+    const check = (port: number) =>
+      new Promise<number>((resolve) => {
+        const child = execFile(process.execPath, ["-e", script.replace("127.0.0.1:8000", `127.0.0.1:${port}`)])
+        child.on("exit", (code) => resolve(code ?? -1))
+      })
+    for (const status of [200, 503]) {
+      const server = createServer((_, res) => res.writeHead(status).end())
+      const port = await freePort()
+      await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve))
+      try {
+        expect(await check(port), `GET / answered ${status}`).toBe(status === 200 ? 0 : 1)
+      } finally {
+        await new Promise((resolve) => server.close(resolve))
+      }
+    }
+    expect(await check(await freePort())).toBe(1)
+  })
+
+  describe("nginx", () => {
+    const nginx = services.nginx!
+
+    itPublishes8000(nginx)
+
+    it("is the only service that publishes 8000", () => {
+      for (const [name, service] of Object.entries(services).filter(([name]) => name !== "nginx")) {
+        const published = (service.ports ?? []).map((p) => String(p).split(":")[0])
+        expect(published, name).not.toContain("8000")
+      }
+    })
+
+    it("is nginx 1.x with deploy/nginx.conf as its whole config, read-only", () => {
+      expect(nginx.image).toMatch(/^nginx:1\.\d+(\.\d+)?(-[a-z]+)?$/)
+      expect(nginx.volumes).toContain("./deploy/nginx.conf:/etc/nginx/nginx.conf:ro")
+      expect(exists("deploy/nginx.conf")).toBe(true)
+    })
+
+    it("starts once the app is healthy: it resolves the replicas' addresses when it starts", () => {
+      const dependsOn = nginx.depends_on as Record<string, { condition?: string }>
+      expect(dependsOn.app?.condition).toBe("service_healthy")
+    })
+  })
+
   for (const { service, port } of REDIS_NODES) {
     describe(service, () => {
       const node = services[service]!
@@ -150,6 +232,93 @@ describe("docker-compose.yml", () => {
       })
     })
   }
+})
+
+// ---------------------------------------------------------------------------------------------------------------------
+// deploy/nginx.conf
+
+/** Its directives (comments dropped), each as words, with the names of the blocks it is in. */
+const directives = (text: string) => {
+  const found: Array<{ readonly words: ReadonlyArray<string>; readonly within: ReadonlyArray<string> }> = []
+  const within: Array<string> = []
+  // Quoted strings hold no `{`, `}` or `;` here but JSON; they are kept whole.
+  const tokens = text.replace(/#.*$/gm, "").match(/'[^']*'|"[^"]*"|[{};]|[^\s{};]+/g) ?? []
+  let words: Array<string> = []
+  for (const token of tokens) {
+    if (token === "{") {
+      within.push(words.join(" "))
+      words = []
+    } else if (token === "}") within.pop()
+    else if (token === ";") {
+      found.push({ words, within: [...within] })
+      words = []
+    } else words.push(token)
+  }
+  return found
+}
+
+describe("deploy/nginx.conf", () => {
+  const text = read("deploy/nginx.conf")
+  const all = directives(text)
+  const named = (name: string) => all.filter((d) => d.words[0] === name)
+  const block = all.find((d) => d.within.at(-1)?.startsWith("upstream "))?.within.at(-1)
+  const upstream = block?.split(" ")[1]
+
+  it("listens on 8000, the port compose publishes", () => {
+    expect(named("listen").map((d) => d.words.slice(1))).toEqual([["8000"]])
+  })
+
+  it("passes every request to an upstream of the app service on the port the app listens on", () => {
+    expect(upstream).toBeDefined()
+    const servers = all.filter((d) => d.within.at(-1) === `upstream ${upstream}` && d.words[0] === "server")
+    expect(servers.map((d) => d.words[1])).toEqual(["app:8000"])
+    expect(all.filter((d) => d.words[0] === "proxy_pass").map((d) => [d.within.at(-1), d.words[1]])).toEqual([
+      ["location /", `http://${upstream}`]
+    ])
+  })
+
+  it("passes a request to another replica only when it never reached one: a vote that was sent is never sent twice", () => {
+    const nextUpstream = named("proxy_next_upstream").flatMap((d) => d.words.slice(1))
+    expect(nextUpstream).toContain("error")
+    expect(nextUpstream).not.toContain("non_idempotent")
+    // A kept-alive connection the replica closes under a vote just sent on it would be a 502 for a vote never counted.
+    expect(named("keepalive")).toEqual([])
+  })
+
+  it("appends the client's address to X-Forwarded-For, the one entry TRUST_PROXY=1 reads", () => {
+    expect(named("proxy_set_header").map((d) => d.words.slice(1))).toContainEqual([
+      "X-Forwarded-For",
+      "$proxy_add_x_forwarded_for"
+    ])
+  })
+
+  it("answers what it cannot pass on as JSON marked as its own, 502: maybe counted, never 503 (not counted)", () => {
+    const returns = named("return")
+    expect(returns.length).toBeGreaterThan(0)
+    for (const r of returns) {
+      expect(r.words[1]).toBe("502")
+      const body = JSON.parse(r.words[2]!.slice(1, -1)) as { error?: string; message?: string }
+      expect(body.error).toMatch(/^[a-z_]+$/)
+      expect(body.message).toBeTypeOf("string")
+    }
+    expect(named("add_header").map((d) => d.words.slice(1))).toContainEqual(["X-Balancer", "nginx", "always"])
+    expect(named("error_page").flatMap((d) => d.words.slice(1))).toEqual(expect.arrayContaining(["502", "504"]))
+  })
+
+  it("passes `nginx -t`, with `app` resolvable", () => {
+    const dir = mkdtempSync(join(tmpdir(), "livepoll-nginx-t-"))
+    try {
+      // Outside compose `app` resolves to nothing; any address stands in for it.
+      writeFileSync(join(dir, "nginx.conf"), text.replace(/server app:8000\b/, "server 127.0.0.1:8000"))
+      const args = ["-t", "-q", "-p", dir, "-c", join(dir, "nginx.conf"), "-e", "stderr", "-g", `pid ${dir}/nginx.pid;`]
+      execFileSync(executable("nginx"), args, { stdio: "pipe" })
+    } catch (error) {
+      const stderr = (error as { stderr?: Buffer }).stderr?.toString() ?? String(error)
+      expect.fail(`nginx -t rejected deploy/nginx.conf:\n${stderr}`)
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
 })
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -205,6 +374,7 @@ describe("docker-compose.cluster.yml", () => {
   })
 
   itBuildsTheAppHere(clusterServices.app!)
+  itPublishes8000(clusterServices.app!)
 
   it("runs the app in the cluster stage, seeded with every node by its service name, and waiting for a replica", () => {
     const env = environmentOf(clusterServices.app!)
