@@ -1,15 +1,16 @@
 /**
  * `npm run sim`: the long sweep. Prints the ring table, runs the properties at a high count, then runs the cluster
- * simulation over SIM_RUNS consecutive seeds from SIM_SEED. Exits 1 on the first failure, after printing the seed and
- * the shrunk counterexample.
+ * simulation over SIM_RUNS consecutive seeds from SIM_SEED, and the Redis Cluster simulation (sim/ClusterSim.ts) over
+ * a quarter as many. Exits 1 on the first failure, after printing the seed and the shrunk counterexample.
  *
- *   SIM_RUNS    simulation runs (default 200); the properties run as many cases
+ *   SIM_RUNS    simulation runs (default 200); the properties run as many cases, the Redis Cluster one a quarter
  *   SIM_SEED    first seed (default: drawn from the time, and printed)
  *   SIM_EVENTS  events per simulated scenario (default 150)
  *   SIM_REPLAY  a file holding a scenario as JSON (the last line of a failure report): run just that, with a trace
  */
 import * as fs from "node:fs"
 import * as Ring from "../src/Ring.js"
+import * as ClusterSim from "./ClusterSim.js"
 import * as Properties from "./properties.js"
 import * as RingStats from "./RingStats.js"
 import * as Simulation from "./Simulation.js"
@@ -39,6 +40,7 @@ const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<
 const replay = () => {
   const file = process.env.SIM_REPLAY!
   const scenario = JSON.parse(fs.readFileSync(file, "utf8").trim().split("\n").at(-1)!) as Simulation.Scenario
+  if ("masters" in scenario.config) return replayCluster(scenario as unknown as ClusterSim.Scenario)
   const outcome = Simulation.run(scenario, Simulation.real, { trace: true })
   console.log(Simulation.formatScenario(scenario))
   for (const line of outcome.trace) console.log(`    ${line}`)
@@ -199,6 +201,55 @@ const simulationSection = () => {
   }
 }
 
+function replayCluster(scenario: ClusterSim.Scenario) {
+  const outcome = ClusterSim.run(scenario, ClusterSim.real, { trace: true })
+  console.log(ClusterSim.formatScenario(scenario))
+  for (const line of outcome.trace) console.log(`    ${line}`)
+  if (outcome.violation !== undefined) {
+    console.log(`FAILED ${outcome.violation.invariant}: ${outcome.violation.message}`)
+    process.exit(1)
+  }
+  console.log("passed")
+}
+
+const clusterSection = () => {
+  const count = Math.ceil(runs / 4)
+  console.log(`\n## Redis Cluster simulation (WAIT 1): ${count} runs, seeds ${seed}..${seed + count - 1}\n`)
+  const totals = { votes: 0, kills: 0, promotions: 0, lostWrites: 0, migrations: 0, moved: 0, repeated: 0 }
+  for (let i = 0; i < count; i++) {
+    const outcome = ClusterSim.run(ClusterSim.generate(seed + i, { events: eventsPerRun, waitReplicas: 1 }))
+    const s = outcome.stats
+    const c = s.cluster!
+    console.log(
+      `seed ${seed + i}: ${outcome.scenario.config.instances} app x ${outcome.scenario.config.masters}+` +
+        `${outcome.scenario.config.masters} redis, ${s.votesAccepted} votes, ${s.kills} kills, ${c.promotions} ` +
+        `failovers (${c.lostWrites} writes lost with their master), ${c.migrations} migrations, ${c.moved} MOVED, ` +
+        `${c.lostAnswers} lost answers, ${outcome.elapsedMs} virtual ms: ` +
+        (outcome.violation === undefined ? "ok" : `FAILED ${outcome.violation.invariant}`)
+    )
+    if (outcome.violation !== undefined) {
+      console.log(`\nshrinking seed ${seed + i} ...`)
+      console.log(
+        ClusterSim.formatFailure(outcome, ClusterSim.shrink(outcome, outcome.violation.invariant, ClusterSim.real, 300))
+      )
+      console.log(`  reproduce: SIM_SEED=${seed + i} SIM_RUNS=4 SIM_EVENTS=${eventsPerRun} npm run sim`)
+      process.exit(1)
+    }
+    totals.votes += s.votesAccepted
+    totals.kills += s.kills
+    totals.promotions += c.promotions
+    totals.lostWrites += c.lostWrites
+    totals.migrations += c.migrations
+    totals.moved += c.moved
+    totals.repeated += c.partsRepeated
+  }
+  console.log(
+    `\nall ${count} runs passed: ${totals.votes} accepted votes, ${totals.kills} nodes killed, ${totals.promotions} ` +
+      `failovers losing ${totals.lostWrites} unreplicated writes, ${totals.migrations} slot migrations, ` +
+      `${totals.moved} MOVED, ${totals.repeated} batch parts sent again and found applied`
+  )
+}
+
 if (process.env.SIM_REPLAY) {
   replay()
 } else {
@@ -206,6 +257,7 @@ if (process.env.SIM_REPLAY) {
   const balanced = ringSection()
   await propertiesSection()
   simulationSection()
+  clusterSection()
   console.log(`\ndone in ${((performance.now() - started) / 1000).toFixed(1)} s`)
   if (!balanced) {
     console.log(

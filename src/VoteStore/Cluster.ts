@@ -1,13 +1,13 @@
 import { Effect, Exit, Layer, Runtime, Scope } from "effect"
 import type { Cluster, Redis } from "ioredis"
-import type { OptionId, PollId } from "../Domain.js"
+import type { Health, OptionId, PollId } from "../Domain.js"
 import { StoreUnavailable } from "../Domain.js"
 import { Metrics } from "../Metrics.js"
 import * as RedisClient from "../RedisClient.js"
 import * as ClusterClient from "../RedisClient/Cluster.js"
 import { SLOTS, slotOf } from "../RedisClient/Cluster.js"
 import { type Batch, MAX_POLLS_PER_BATCH, VoteStore, type VoteStoreShape } from "../VoteStore.js"
-import { BATCH_MEMORY_SECONDS, countsKey, definePollScripts, pollCommands } from "./Redis.js"
+import { BATCH_MEMORY_SECONDS, countsKey, definePollScripts, type PollScripts, pollCommands } from "./Redis.js"
 
 export { slotOf }
 
@@ -51,10 +51,38 @@ end
 for a = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[a], ARGV[a + 1]) end
 return 1`
 
-interface PartPipeline {
+/** A pipeline of batch parts (the script above), then at most one WAIT. */
+export interface PartPipeline {
   livepollApplyPart(marker: string, counts: string, ttl: number, ...amounts: Array<string | number>): PartPipeline
   wait(replicas: number, timeoutMs: number): PartPipeline
   exec(): Promise<Array<[Error | null, unknown]> | null>
+}
+
+/**
+ * What the store asks of a cluster client: its slot map, the poll scripts and pipelines of batch parts. `make` gives
+ * it ioredis Cluster clients; the simulation gives it a fake cluster on virtual time (sim/FakeCluster.ts).
+ */
+export interface StoreClient extends PollScripts {
+  readonly status: string
+  /** Per slot, its master's address and then its replicas', as the client last read the cluster's map. */
+  readonly slots: ReadonlyArray<ReadonlyArray<string> | undefined>
+  hgetall(key: string): Promise<Record<string, string>>
+  batchPipeline(): PartPipeline
+  refreshSlotsCache(): void
+}
+
+export interface StoreClients {
+  /** Reads, and votes not buffered. */
+  readonly client: StoreClient
+  /** One-vote-per-voter votes are never buffered: concurrent ones share a round trip per node. */
+  readonly pipelined: PollScripts
+  /** Batches only: WAIT blocks its connection until the replicas answer, so votes and reads never queue behind it. */
+  readonly flusher: StoreClient
+  /** Runs one client call, failing with StoreUnavailable (RedisClient.caller). */
+  readonly call: <A>(what: string, run: () => Promise<A>) => Effect.Effect<A, StoreUnavailable>
+  /** The fence deadline of a vote on the master of a slot; 0 for none. */
+  readonly deadline: (slot: number) => number
+  readonly health: Effect.Effect<Health>
 }
 
 export const partitionOf = (pollId: string): string =>
@@ -62,7 +90,9 @@ export const partitionOf = (pollId: string): string =>
 
 const withScripts = (client: Cluster) => {
   client.defineCommand("livepollApplyPart", { numberOfKeys: 2, lua: APPLY_PART_SCRIPT })
-  return definePollScripts(client)
+  return Object.assign(definePollScripts(client), {
+    batchPipeline: () => client.pipeline() as unknown as PartPipeline
+  })
 }
 
 /**
@@ -116,30 +146,27 @@ const groupBy = <V>(entries: Iterable<readonly [PollId, V]>, keyOf: (pollId: Pol
 }
 
 /** 1 when every slot's master had a replica as the client last saw the cluster, 0 when one had none. */
-const replicasAtStart = (client: Cluster): number => {
-  const owners = client.slots.filter((nodes) => nodes !== undefined && nodes.length > 0)
+const replicasAtStart = (client: StoreClient): number => {
+  const owners = client.slots.filter((nodes): nodes is ReadonlyArray<string> => nodes !== undefined && nodes.length > 0)
   if (client.status !== "ready" || owners.length === 0) return 1
   return owners.every((nodes) => nodes.length > 1) ? 1 : 0
 }
 
-export const make = Effect.fn("VoteStore.cluster.make")(function* (options: ClusterStoreOptions) {
-  const timeoutMs = RedisClient.commandTimeoutOf(options)
-  // The cluster's error counters exist from the start, at 0 until a command fails (see RedisClient.caller).
-  ;(yield* Metrics).redisNode(REDIS_CLUSTER)
-  const waitTimeoutMs = options.waitTimeoutMs ?? Math.floor(timeoutMs / 2)
-  const client = withScripts(yield* ClusterClient.acquire(options, { role: "commands" }))
-  // One-vote-per-voter votes are never buffered: concurrent ones share a round trip per node.
-  const pipelined = withScripts(yield* ClusterClient.acquire(options, { role: "voters", autoPipelining: true }))
-  // WAIT blocks its connection until the replicas answer: batches get connections of their own, so votes and reads
-  // never queue behind it.
-  const flusher = withScripts(yield* ClusterClient.acquire(options, { role: "batches" }))
-  const deadline = yield* nodeClocks(client, timeoutMs)
+/**
+ * The store over cluster clients: `make` gives it ioredis's, the simulation a fake cluster's. `waitReplicas` and
+ * `waitTimeoutMs` as in ClusterStoreOptions (the time-out set).
+ */
+export const makeFrom = Effect.fn("VoteStore.cluster.makeFrom")(function* (
+  clients: StoreClients,
+  options: Pick<ClusterStoreOptions, "waitReplicas"> & { readonly waitTimeoutMs: number }
+) {
+  const { call, client, deadline, flusher, pipelined } = clients
+  const { waitTimeoutMs } = options
   const waitReplicas = options.waitReplicas === "auto" ? replicasAtStart(client) : options.waitReplicas
   yield* Effect.logInfo(
     `redis cluster: a flushed batch is confirmed once ${waitReplicas} replica(s) hold it` +
       (options.waitReplicas === "auto" ? " (REDIS_WAIT_REPLICAS unset: from the cluster's shape at start)" : "")
   )
-  const call = RedisClient.caller({ name: REDIS_CLUSTER, commandTimeoutMs: timeoutMs })
 
   /**
    * The parts of one batch for polls whose slots the same master serves: one script each, then one WAIT, in one
@@ -151,7 +178,7 @@ export const make = Effect.fn("VoteStore.cluster.make")(function* (options: Clus
     const what = `apply batch ${batchId} on ${master}`
     return Effect.flatMap(
       call(what, () => {
-        const pipeline = flusher.pipeline() as unknown as PartPipeline
+        const pipeline = flusher.batchPipeline()
         for (const [pollId, increments] of parts) {
           const amounts: Array<string | number> = []
           for (const [optionId, n] of increments) amounts.push(optionId, n)
@@ -230,37 +257,61 @@ export const make = Effect.fn("VoteStore.cluster.make")(function* (options: Clus
       })
     }),
     partitionOf,
-    health: Effect.suspend(() => {
-      // The masters ioredis is connected to, and the masters its slot map names: a master that dropped out of the
-      // pool still owns its slots until a replica takes them over.
-      const pool = new Map(client.nodes("all").map((node) => [ClusterClient.nodeKey(node), node]))
-      const masters = new Set(client.nodes("master").map(ClusterClient.nodeKey))
-      for (const owners of client.slots) if (owners?.[0] !== undefined) masters.add(owners[0])
-      if (masters.size === 0) {
-        return Effect.succeed({ nodes: [{ name: REDIS_CLUSTER, reachable: false }], pendingVotes: 0 })
-      }
-      return Effect.map(
-        Effect.forEach(
-          [...masters].sort(),
-          (name) => {
-            const node = pool.get(name)
-            // A node's own client queues commands while it reconnects (ioredis forces its offline queue on): a node
-            // that is reconnecting is down, without waiting out a PING.
-            if (node === undefined || !PINGABLE.has(node.status)) return Effect.succeed({ name, reachable: false })
-            return RedisClient.caller({ name, commandTimeoutMs: timeoutMs })("ping", () => node.ping()).pipe(
-              Effect.match({
-                onFailure: () => ({ name, reachable: false }),
-                onSuccess: () => ({ name, reachable: true })
-              })
-            )
-          },
-          { concurrency: "unbounded" }
-        ),
-        (nodes) => ({ nodes, pendingVotes: 0 })
-      )
-    })
+    health: clients.health
   }
   return store
+})
+
+/** The masters ioredis is connected to, and the masters its slot map names, each pinged. */
+const health = (client: Cluster, timeoutMs: number): Effect.Effect<Health> =>
+  Effect.suspend(() => {
+    // A master that dropped out of the pool still owns its slots until a replica takes them over.
+    const pool = new Map(client.nodes("all").map((node) => [ClusterClient.nodeKey(node), node]))
+    const masters = new Set(client.nodes("master").map(ClusterClient.nodeKey))
+    for (const owners of client.slots) if (owners?.[0] !== undefined) masters.add(owners[0])
+    if (masters.size === 0) {
+      return Effect.succeed({ nodes: [{ name: REDIS_CLUSTER, reachable: false }], pendingVotes: 0 })
+    }
+    return Effect.map(
+      Effect.forEach(
+        [...masters].sort(),
+        (name) => {
+          const node = pool.get(name)
+          // A node's own client queues commands while it reconnects (ioredis forces its offline queue on): a node
+          // that is reconnecting is down, without waiting out a PING.
+          if (node === undefined || !PINGABLE.has(node.status)) return Effect.succeed({ name, reachable: false })
+          return RedisClient.caller({ name, commandTimeoutMs: timeoutMs })("ping", () => node.ping()).pipe(
+            Effect.match({
+              onFailure: () => ({ name, reachable: false }),
+              onSuccess: () => ({ name, reachable: true })
+            })
+          )
+        },
+        { concurrency: "unbounded" }
+      ),
+      (nodes) => ({ nodes, pendingVotes: 0 })
+    )
+  })
+
+export const make = Effect.fn("VoteStore.cluster.make")(function* (options: ClusterStoreOptions) {
+  const timeoutMs = RedisClient.commandTimeoutOf(options)
+  // The cluster's error counters exist from the start, at 0 until a command fails (see RedisClient.caller).
+  ;(yield* Metrics).redisNode(REDIS_CLUSTER)
+  const client = withScripts(yield* ClusterClient.acquire(options, { role: "commands" }))
+  const pipelined = withScripts(yield* ClusterClient.acquire(options, { role: "voters", autoPipelining: true }))
+  const flusher = withScripts(yield* ClusterClient.acquire(options, { role: "batches" }))
+  const deadline = yield* nodeClocks(client, timeoutMs)
+  return yield* makeFrom(
+    {
+      client,
+      pipelined,
+      flusher,
+      call: RedisClient.caller({ name: REDIS_CLUSTER, commandTimeoutMs: timeoutMs }),
+      deadline,
+      health: health(client, timeoutMs)
+    },
+    { waitReplicas: options.waitReplicas, waitTimeoutMs: options.waitTimeoutMs ?? Math.floor(timeoutMs / 2) }
+  )
 })
 
 export const layer = (options: ClusterStoreOptions): Layer.Layer<VoteStore> => Layer.scoped(VoteStore, make(options))
