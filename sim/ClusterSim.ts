@@ -134,6 +134,10 @@ export const withoutMarkerNx: ClusterVariant = {
             inner.wait(replicas, timeoutMs)
             return pipeline
           },
+          unlink: (key) => {
+            inner.unlink(key)
+            return pipeline
+          },
           exec: () => inner.exec()
         }
         return pipeline

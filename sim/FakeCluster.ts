@@ -764,6 +764,14 @@ export const make = (options: FakeClusterOptions): Effect.Effect<FakeCluster> =>
           commands.push({ keys: [], readonly: false, run: () => 0, wait: { replicas, timeoutMs: waitMs } })
           return pipeline
         },
+        unlink: (key) => {
+          commands.push({
+            keys: [key],
+            readonly: false,
+            run: ({ write }: Context) => write((data) => data.delete(key))
+          })
+          return pipeline
+        },
         exec: () => carry(request(client, commands, "parts", true))
       }
       return pipeline

@@ -53,6 +53,12 @@ export interface VoteStoreShape {
   ) => Effect.Effect<ReadonlyMap<PollId, ReadonlyArray<string>>, StoreUnavailable>
   /** Apply a batch exactly once: a batch whose id the store has seen already is a no-op. */
   readonly applyBatch: (batch: Batch) => Effect.Effect<void, StoreUnavailable>
+  /**
+   * The batch is confirmed and will never be sent again (its journal record says so): the store may drop what it
+   * kept to recognise a repeat. Only where that is worth a command (a marker per poll, on Redis Cluster); the rest
+   * let their one marker per batch expire.
+   */
+  readonly forgetBatch?: (batch: Batch) => Effect.Effect<void, StoreUnavailable>
   /** The node a poll lives on; write-behind keeps one queue per partition so one node's outage spares the others. */
   readonly partitionOf: (pollId: PollId) => string
   readonly health: Effect.Effect<Health>

@@ -55,6 +55,7 @@ return 1`
 export interface PartPipeline {
   livepollApplyPart(marker: string, counts: string, ttl: number, ...amounts: Array<string | number>): PartPipeline
   wait(replicas: number, timeoutMs: number): PartPipeline
+  unlink(key: string): PartPipeline
   exec(): Promise<Array<[Error | null, unknown]> | null>
 }
 
@@ -209,6 +210,13 @@ export const makeFrom = Effect.fn("VoteStore.cluster.makeFrom")(function* (
     )
   }
 
+  /** One pipeline per master, as the client's slot map has it now; ioredis checks the same map when it sends. */
+  const byMaster = (batch: Batch) =>
+    groupBy(batch.increments, (pollId) => {
+      const slot = slotOf(pollId)
+      return flusher.slots[slot]?.join(";") ?? slot
+    })
+
   const store: VoteStoreShape = {
     ...pollCommands({
       client,
@@ -246,16 +254,24 @@ export const makeFrom = Effect.fn("VoteStore.cluster.makeFrom")(function* (
       if (flusher.status !== "ready") {
         return yield* new StoreUnavailable({ node: REDIS_CLUSTER, reason: `apply batch ${batch.id}: not connected` })
       }
-      // One pipeline per master, as the client's slot map has it now; ioredis checks the same map when it sends.
-      const byMaster = groupBy(batch.increments, (pollId) => {
-        const slot = slotOf(pollId)
-        return flusher.slots[slot]?.join(";") ?? slot
-      })
-      yield* Effect.forEach(byMaster.values(), (parts) => applyParts(batch.id, parts), {
+      yield* Effect.forEach(byMaster(batch).values(), (parts) => applyParts(batch.id, parts), {
         concurrency: "unbounded",
         discard: true
       })
     }),
+    // A confirmed batch's markers, one per poll, dropped at once rather than kept for a day: votes spread over many
+    // polls would otherwise leave a key per poll per flush. (A failure leaves them to expire.)
+    forgetBatch: (batch: Batch) =>
+      Effect.forEach(
+        byMaster(batch).values(),
+        (parts) =>
+          call(`forget batch ${batch.id}`, () => {
+            const pipeline = flusher.batchPipeline()
+            for (const [pollId] of parts) pipeline.unlink(batchKey(pollId, batch.id))
+            return pipeline.exec()
+          }),
+        { concurrency: "unbounded", discard: true }
+      ),
     partitionOf,
     health: clients.health
   }

@@ -42,7 +42,7 @@ export interface JournalShape {
    */
   readonly append: (pollId: PollId, optionId: OptionId, durable: () => void) => Effect.Effect<void, JournalFailed>
   readonly sealed: (partition: string, batch: Batch) => Effect.Effect<void, JournalFailed>
-  readonly confirmed: (batchId: string) => Effect.Effect<void>
+  readonly confirmed: (batchId: string) => Effect.Effect<void, JournalFailed>
   /**
    * Rewrites the journal as `state()`: called between flushes so the file stays as small as the buffer. Never fails:
    * when the new file cannot be written the old one stays in use, and the next call tries again.
@@ -300,7 +300,7 @@ export const makeFile = Effect.fn("Journal.makeFile")(function* (dir: string, fi
     recover: Effect.succeed(recovered),
     append: (pollId, optionId, durable) => write(`v ${pollId} ${optionId}\n`, durable),
     sealed: (partition, batch) => write(`b ${partition} ${batch.id} ${encode(batch.increments)}\n`),
-    confirmed: (batchId) => write(`c ${batchId}\n`).pipe(Effect.ignore),
+    confirmed: (batchId) => write(`c ${batchId}\n`),
     compact: (state) =>
       Effect.async<void>((resume) => {
         const run = () => resume(compactNow(state))

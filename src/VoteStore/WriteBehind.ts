@@ -1,5 +1,6 @@
 import { Cause, Clock, Duration, Effect, Exit, Layer, Runtime, Schedule } from "effect"
-import type { Counts, Health, OptionId, PollId, PollResults, StoreUnavailable, VoteError } from "../Domain.js"
+import type { Counts, Health, OptionId, PollId, PollResults, VoteError } from "../Domain.js"
+import { StoreUnavailable } from "../Domain.js"
 import * as Journal from "./Journal.js"
 import type { JournalShape } from "./Journal.js"
 import { addCounts, BufferFull, copyCounts, MAX_OPTIONS_PER_POLL, TooManyOptions } from "../Domain.js"
@@ -72,6 +73,12 @@ const addTo = (counter: Counter, pollId: PollId, optionId: OptionId, n: number):
   return before === undefined
 }
 
+/**
+ * A read that raced a flush is read again only this long after it began: each store read is bounded near 1.7 s
+ * (the command time-out and its answer's way back), so one more still ends within the 2 s a request is answered in.
+ */
+export const REREAD_WITHIN_MS = 300
+
 const describe = (error: unknown) => (error instanceof Error ? error.message : String(error))
 
 /**
@@ -113,6 +120,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
   const gatherReads = options.gatherReads ?? ((read: () => void) => void setImmediate(read))
   const runFork = Runtime.runFork(yield* Effect.runtime<never>())
   const metrics = yield* Metrics
+  const clock = yield* Effect.clock
   const partitions = new Map<string, Partition>()
   let sequence = 0
   let bufferedEntries = 0
@@ -266,7 +274,10 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
       partition.lastSuccess = now
       partition.failingSince = undefined
       partition.failedFlushes = 0
-      yield* journal.confirmed(batch.id)
+      // Only once the journal can no longer send it again may the store forget the batch (a failed record leaves
+      // the markers to expire: a replay after a crash must still find them).
+      const durable = yield* Effect.isSuccess(journal.confirmed(batch.id))
+      if (durable && inner.forgetBatch !== undefined) yield* Effect.ignore(inner.forgetBatch(batch))
     } else {
       const error = describe(Cause.squash(exit.cause))
       partition.lastFailure = { at: now, error }
@@ -436,7 +447,8 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
     pollId: PollId,
     asked: ReadonlyArray<string> | undefined,
     answer: (counts: Counts, servedVia: string, applied: ReadonlyArray<string>) => A,
-    attempt: number
+    attempt: number,
+    startedAt: number
   ): Effect.Effect<A, StoreUnavailable> => {
     const { epoch, pending, inflight } = partition
     const ours = inflight?.increments.has(pollId) === true
@@ -445,8 +457,13 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
         ? inner.results(pollId)
         : inner.exactResults(pollId, ours ? [inflight!.id, ...(asked ?? [])] : asked!)
     return Effect.flatMap(read, (stored) => {
-      // A batch sealed or confirmed while the store was being read could be counted twice or not at all.
-      if (partition.epoch !== epoch && attempt < 5) return readBuffered(partition, pollId, asked, answer, attempt + 1)
+      // A batch sealed or confirmed while the store was being read could be counted twice or not at all: read again,
+      // while another read still fits in the time a request is answered within; past that, or after five, a 503.
+      if (partition.epoch !== epoch) {
+        return attempt < 5 && clock.unsafeCurrentTimeMillis() - startedAt <= REREAD_WITHIN_MS
+          ? readBuffered(partition, pollId, asked, answer, attempt + 1, startedAt)
+          : Effect.fail(new StoreUnavailable({ node: partition.name, reason: "every read raced a flush; retry" }))
+      }
       const applied = "appliedBatches" in stored ? stored.appliedBatches : NONE_APPLIED
       const counts = addCounts(copyCounts(stored.counts), pending.get(pollId))
       if (ours && !applied.includes(inflight!.id)) addCounts(counts, inflight!.increments.get(pollId))
@@ -499,7 +516,7 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
         const partition = partitions.get(inner.partitionOf(pollId))
         return partition === undefined
           ? inner.results(pollId)
-          : readBuffered(partition, pollId, undefined, plainAnswer, 1)
+          : readBuffered(partition, pollId, undefined, plainAnswer, 1, clock.unsafeCurrentTimeMillis())
       }),
     exactResults: (pollId: PollId, batchIds: ReadonlyArray<string>) =>
       Effect.suspend(() => {
@@ -515,7 +532,8 @@ export const make = Effect.fn("VoteStore.writeBehind.make")(function* (
                 servedVia,
                 appliedBatches: applied.filter((id) => batchIds.includes(id))
               }),
-              1
+              1,
+              clock.unsafeCurrentTimeMillis()
             )
       }),
     // Not buffered: the voter's record decides before the 200, and the count goes with it.

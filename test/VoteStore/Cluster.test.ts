@@ -161,6 +161,31 @@ describe("the Redis Cluster vote store", () => {
     }).pipe(Effect.provide(storeOn(replicated, 1)))
   )
 
+  it.live("forgets a confirmed batch: its markers, one per poll, are gone at once, and the counts stay", () =>
+    Effect.gen(function* () {
+      const store = yield* VoteStore
+      const polls = Array.from({ length: 40 }, (_, i) => poll(`forgotten-${i}`))
+      const applied = batch("b-forget", polls, { A: 1 })
+      yield* store.applyBatch(applied)
+      const markers = () =>
+        promise(async () => {
+          const client = replicated.client()
+          try {
+            return (await Promise.all(polls.map((p) => client.exists(`poll:{${p}}:batch:b-forget`)))).reduce(
+              (a, b) => a + b,
+              0
+            )
+          } finally {
+            client.disconnect()
+          }
+        })
+      expect(yield* markers()).toBe(polls.length)
+      yield* store.forgetBatch!(applied)
+      expect(yield* markers()).toBe(0)
+      for (const p of polls) expect(yield* stored(replicated, p)).toEqual({ A: "1" })
+    }).pipe(Effect.provide(storeOn(replicated, 1)))
+  )
+
   it.scopedLive(
     "refuses to confirm a batch that no replica holds, and confirms its retry once the replica is back",
     () =>

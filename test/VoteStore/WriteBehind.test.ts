@@ -638,4 +638,83 @@ describe("WriteBehind: a poll's first votes", () => {
       expect((yield* store.results(full)).counts["o3"]).toBe(2)
     })
   )
+
+  it.scoped(
+    "a read that raced a flush is read again while that still fits in 2 s; one that took longer is a 503, never a late or inexact answer",
+    () =>
+      Effect.gen(function* () {
+        const inner = yield* makeInner()
+        const delay = { ms: 0 }
+        const slow = <A, E>(read: Effect.Effect<A, E>) =>
+          Effect.zipRight(
+            Effect.suspend(() => Effect.sleep(Duration.millis(delay.ms))),
+            read
+          )
+        const store = yield* WriteBehind.make(
+          {
+            ...inner.store,
+            results: (pollId) => slow(inner.store.results(pollId)),
+            exactResults: (pollId, batchIds) => slow(inner.store.exactResults(pollId, batchIds))
+          },
+          { flushInterval: FLUSH }
+        )
+        yield* store.vote(poll("p"), option("A"))
+
+        // Begun 50 ms before the flush, answered 50 ms after it: read again (once more 100 ms), exact.
+        delay.ms = 100
+        yield* TestClock.adjust(Duration.millis(950))
+        const quick = yield* Effect.fork(store.results(poll("p")))
+        yield* TestClock.adjust(Duration.millis(300))
+        expect((yield* quick).counts).toEqual({ A: 1 })
+        expect(yield* inner.stored("p")).toEqual({ A: 1 })
+
+        // Begun 400 ms before the next flush, answered when it is over: another read could end past 2 s.
+        yield* store.vote(poll("p"), option("A"))
+        delay.ms = 500
+        yield* TestClock.adjust(Duration.millis(350))
+        const late = yield* Effect.fork(Effect.exit(store.results(poll("p"))))
+        yield* TestClock.adjust(Duration.millis(1000))
+        const exit = yield* late
+        expect(Exit.isFailure(exit) && Cause.squash(exit.cause)).toBeInstanceOf(StoreUnavailable)
+        delay.ms = 0
+        expect((yield* store.results(poll("p"))).counts).toEqual({ A: 2 })
+      })
+  )
+
+  it.scoped(
+    "the store forgets a batch only once the journal holds its confirmation: a replay must still find its markers",
+    () =>
+      Effect.gen(function* () {
+        const inner = yield* makeInner()
+        const events: Array<string> = []
+        const disk = { failing: true }
+        const journal: Journal.JournalShape = {
+          ...Journal.none,
+          confirmed: (id) =>
+            Effect.suspend(() => {
+              if (disk.failing) return new JournalFailed({ reason: "EIO: i/o error, write" })
+              events.push(`confirmed ${id}`)
+              return Effect.void
+            })
+        }
+        const store = yield* WriteBehind.make(
+          { ...inner.store, forgetBatch: (batch) => Effect.sync(() => void events.push(`forget ${batch.id}`)) },
+          { flushInterval: FLUSH },
+          journal
+        )
+        yield* store.vote(poll("p"), option("A"))
+        yield* TestClock.adjust(ROUND)
+        expect(yield* inner.stored("p")).toEqual({ A: 1 })
+        expect(events).toEqual([])
+
+        disk.failing = false
+        yield* store.vote(poll("p"), option("B"))
+        yield* TestClock.adjust(ROUND)
+        expect(yield* inner.stored("p")).toEqual({ A: 1, B: 1 })
+        const [confirmed, forgotten] = events
+        expect(events).toHaveLength(2)
+        expect(confirmed).toMatch(/^confirmed /)
+        expect(forgotten).toBe(`forget ${confirmed!.slice("confirmed ".length)}`)
+      })
+  )
 })
