@@ -22,7 +22,8 @@ export const INDEX_KEY = "livepoll:polls"
 export const CREATED_KEY = "livepoll:polls:created"
 /** Polls whose created index entry is missing (defined before it existed) are added this many at a time at start. */
 const BACKFILL_CHUNK = 200
-const CREATED_CHANNEL = "livepoll:poll-created"
+/** Every instance subscribes to it on every node: `PUBSUB NUMSUB` counts the instances connected. */
+export const CREATED_CHANNEL = "livepoll:poll-created"
 const CLOSED_CHANNEL = "livepoll:poll-closed"
 const ACK_CHANNEL = "livepoll:poll-created-ack"
 /** The default of `DEFINITIONS_RESYNC_MS`. */
