@@ -1,4 +1,4 @@
-import { Cause, Duration, Effect, Exit, Fiber, Logger, Random, Scope } from "effect"
+import { Cause, Duration, Effect, Exit, Fiber, Scope } from "effect"
 import type { OptionId, PollId } from "../src/Domain.js"
 import { COMMAND_TIMEOUT_MS } from "../src/RedisClient.js"
 import { slotOf } from "../src/RedisClient/Cluster.js"
@@ -8,7 +8,8 @@ import * as ClusterStore from "../src/VoteStore/Cluster.js"
 import type { PartPipeline, StoreClient } from "../src/VoteStore/Cluster.js"
 import * as WriteBehind from "../src/VoteStore/WriteBehind.js"
 import * as FakeCluster from "./FakeCluster.js"
-import * as VirtualTime from "./VirtualTime.js"
+import * as Harness from "./Harness.js"
+import { chance, drawRead, drawVote, drawWait, int, pick } from "./Harness.js"
 
 /**
  * The `cluster` stage in simulation: app instances built from the real layers (write-behind buffer over read cache
@@ -40,9 +41,7 @@ export interface ClusterSimConfig {
 
 /** Masters are named by their place among the masters up at the time, so an event stays meaningful when shrunk. */
 export type ClusterEvent =
-  | { readonly _tag: "Vote"; readonly instance: number; readonly poll: string; readonly option: string }
-  | { readonly _tag: "Read"; readonly instance: number; readonly poll: string }
-  | { readonly _tag: "Wait"; readonly ms: number }
+  | Harness.ClientEvent
   | { readonly _tag: "KillMaster"; readonly master: number }
   | { readonly _tag: "KillReplica"; readonly master: number }
   /** The node down longest comes back. */
@@ -66,43 +65,18 @@ export const INVARIANTS = {
   doubled: "the cluster never holds more votes than were accepted",
   "read-too-low": "a read counts every vote its instance had accepted before it",
   "read-too-high": "a read counts no vote that was not accepted",
-  slow: "every request is answered within 2 s",
-  crash: "no defect escapes a layer"
+  ...Harness.REQUEST_INVARIANTS
 } as const
 export type Invariant = keyof typeof INVARIANTS
 
-export interface Violation {
-  readonly invariant: Invariant
-  /** Index of the event being run when it was seen, or -1 for the end-of-run checks. */
-  readonly step: number
-  readonly atMs: number
-  readonly message: string
-}
-
-export interface ClusterSimStats {
-  events: number
-  votes: number
-  votesAccepted: number
-  reads: number
-  readsFailed: number
+export interface ClusterSimStats extends Harness.ClientStats<Invariant> {
   kills: number
   migrations: number
   cluster: FakeCluster.FakeClusterStats | undefined
-  checks: Record<Invariant, number>
 }
 
-export interface Outcome {
-  readonly scenario: Scenario
-  readonly variant: string
-  /** The first violation seen. The run goes on to its end, so the end-of-run checks are seen too. */
-  readonly violation: Violation | undefined
-  /** Every violation seen (at most 50). */
-  readonly violations: ReadonlyArray<Violation>
-  readonly stats: ClusterSimStats
-  readonly elapsedMs: number
-  readonly wakeups: number
-  readonly trace: ReadonlyArray<string>
-}
+/** The run goes on to its end after a violation, so the end-of-run checks are seen too. */
+export type Outcome = Harness.Outcome<Scenario, ClusterSimStats, Invariant>
 
 /** Where a deliberately broken build plugs in, as in sim/Broken.ts. */
 export interface ClusterVariant {
@@ -146,9 +120,6 @@ export const withoutMarkerNx: ClusterVariant = {
   }
 }
 
-/** The contract's bound on answering a request. */
-export const ANSWER_WITHIN_MS = 2000
-
 // ---------------------------------------------------------------------------------------------------------------------
 // Generation
 
@@ -160,12 +131,9 @@ export interface GenerateOptions {
 const optionNames = ["A", "B", "C", "D"]
 
 export const generate = (seed: number, options: GenerateOptions = {}): Scenario =>
-  Effect.runSync(
+  Harness.drawn(
+    seed,
     Effect.gen(function* () {
-      const int = (min: number, max: number) => Random.nextIntBetween(min, max + 1)
-      const pick = <A>(items: ReadonlyArray<A>) => Effect.map(int(0, items.length - 1), (i) => items[i]!)
-      const chance = (p: number) => Effect.map(Random.next, (x) => x < p)
-
       const instances = yield* int(1, 3)
       const flushIntervalMs = yield* pick([50, 100, 250])
       const config: ClusterSimConfig = {
@@ -190,17 +158,11 @@ export const generate = (seed: number, options: GenerateOptions = {}): Scenario 
       for (let i = 0; i < (options.events ?? 120); i++) {
         const roll = yield* int(0, 99)
         if (roll < 41) {
-          events.push({
-            _tag: "Vote",
-            instance: yield* int(0, instances - 1),
-            poll: yield* pick(config.polls),
-            option: yield* pick(config.options)
-          })
+          events.push(yield* drawVote(instances, config.polls, config.options))
         } else if (roll < 60) {
-          events.push({ _tag: "Read", instance: yield* int(0, instances - 1), poll: yield* pick(config.polls) })
+          events.push(yield* drawRead(instances, config.polls))
         } else if (roll < 75) {
-          const long = yield* chance(0.1)
-          events.push({ _tag: "Wait", ms: long ? yield* int(500, 3000) : yield* int(1, flushIntervalMs * 2) })
+          events.push(yield* drawWait(flushIntervalMs, 3000))
         } else if (roll < 81) {
           events.push({ _tag: "KillMaster", master: yield* int(0, 3) })
         } else if (roll < 83) {
@@ -216,25 +178,14 @@ export const generate = (seed: number, options: GenerateOptions = {}): Scenario 
         }
       }
       return { config, events }
-    }).pipe(Effect.withRandom(Random.make(seed)))
+    })
   )
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Running
 
-interface VoteRecord {
-  readonly instance: number
-  readonly option: string
-  readonly start: number
-  end: number | undefined
-  ok: boolean | undefined
-}
-
-interface Instance {
+interface Instance extends Harness.App {
   readonly index: number
-  readonly scope: Scope.CloseableScope
-  readonly store: VoteStoreShape
-  readonly requests: Array<Fiber.RuntimeFiber<void>>
 }
 
 export interface RunOptions {
@@ -247,20 +198,12 @@ export interface RunOptions {
   readonly killWhileMigrating?: boolean
 }
 
-const describeCounts = (counts: Readonly<Record<string, number>>) =>
-  `{${Object.keys(counts)
-    .sort()
-    .map((k) => `${k}:${counts[k]}`)
-    .join(",")}}`
-
 export const describeEvent = (event: ClusterEvent): string => {
   switch (event._tag) {
     case "Vote":
-      return `vote    i${event.instance} ${event.poll} ${event.option}`
     case "Read":
-      return `read    i${event.instance} ${event.poll}`
     case "Wait":
-      return `wait    ${event.ms}ms`
+      return Harness.describeClientEvent(event)
     case "KillMaster":
       return `kill    master #${event.master}`
     case "KillReplica":
@@ -274,12 +217,11 @@ export const describeEvent = (event: ClusterEvent): string => {
   }
 }
 
-const emptyChecks = (): Record<Invariant, number> =>
-  Object.fromEntries(Object.keys(INVARIANTS).map((k) => [k, 0])) as Record<Invariant, number>
-
 export const run = (scenario: Scenario, variant: ClusterVariant = real, options: RunOptions = {}): Outcome => {
   const { config, events } = scenario
-  const trace: Array<string> = []
+  const recorder = new Harness.Recorder(INVARIANTS, options.trace ?? false)
+  const { tick, note, check, violations } = recorder
+  const now = () => recorder.now()
   const stats: ClusterSimStats = {
     events: events.length,
     votes: 0,
@@ -289,30 +231,12 @@ export const run = (scenario: Scenario, variant: ClusterVariant = real, options:
     kills: 0,
     migrations: 0,
     cluster: undefined,
-    checks: emptyChecks()
-  }
-  let step = -1
-  let sequence = 0
-  const tick = () => sequence++
-  let now = () => 0
-  const note = (line: string) => {
-    if (options.trace) trace.push(`${String(now()).padStart(6)}ms  ${line}`)
-  }
-  const violations: Array<Violation> = []
-  const check = (invariant: Invariant, ok: boolean, message: () => string) => {
-    stats.checks[invariant]++
-    if (ok) return
-    const text = message()
-    if (violations.length < 50) violations.push({ invariant, step, atMs: now(), message: text })
-    note(`VIOLATION ${invariant}: ${text}`)
+    checks: recorder.checks
   }
 
-  const votes = new Map<string, Array<VoteRecord>>()
-  const votesOf = (poll: string) => {
-    let list = votes.get(poll)
-    if (list === undefined) votes.set(poll, (list = []))
-    return list
-  }
+  /** Each vote belongs to the instance that took it. */
+  const ballots = new Harness.Ballots<number>(tick)
+  const votesOf = ballots.of
 
   const checkStored = (cluster: FakeCluster.FakeCluster) => {
     for (const poll of config.polls) {
@@ -331,7 +255,7 @@ export const run = (scenario: Scenario, variant: ClusterVariant = real, options:
     for (const option of new Set([...Object.keys(counts), ...config.options])) {
       const got = counts[option] ?? 0
       const own = votesOf(poll).filter(
-        (v) => v.instance === instance && v.option === option && v.ok === true && v.end! < start
+        (v) => v.owner === instance && v.option === option && v.ok === true && v.end! < start
       ).length
       const possible = votesOf(poll).filter((v) => v.option === option && v.ok !== false && v.start < end).length
       const where = `i${instance} read ${poll}/${option} = ${got}`
@@ -377,24 +301,19 @@ export const run = (scenario: Scenario, variant: ClusterVariant = real, options:
     effect: Effect.Effect<A, unknown>,
     done: (exit: Exit.Exit<A, unknown>) => void
   ) =>
-    Effect.gen(function* () {
-      const startedMs = now()
-      const fiber = yield* Effect.fork(
-        Effect.flatMap(Effect.exit(effect), (exit) =>
-          Effect.sync(() => {
-            check(
-              "crash",
-              Exit.isSuccess(exit) || Cause.isFailType(exit.cause) || Cause.isInterruptedOnly(exit.cause),
-              () => `a request on i${instance.index} died: ${Exit.isFailure(exit) ? Cause.pretty(exit.cause) : ""}`
-            )
-            const took = now() - startedMs
-            check("slow", took <= ANSWER_WITHIN_MS, () => `a request on i${instance.index} took ${took}ms`)
-            done(exit)
-          })
-        )
-      )
-      instance.requests.push(fiber)
-    })
+    Harness.request(
+      recorder,
+      instance.index,
+      () => instance.requests,
+      effect,
+      (exit) =>
+        check(
+          "crash",
+          !Harness.isDefect(exit),
+          () => `a request on i${instance.index} died: ${Exit.isFailure(exit) ? Cause.pretty(exit.cause) : ""}`
+        ),
+      done
+    )
 
   const upMasters = (cluster: FakeCluster.FakeCluster) =>
     cluster
@@ -411,23 +330,9 @@ export const run = (scenario: Scenario, variant: ClusterVariant = real, options:
       case "Vote": {
         const instance = instances[event.instance]!
         stats.votes++
-        const record: VoteRecord = {
-          instance: event.instance,
-          option: event.option,
-          start: tick(),
-          end: undefined,
-          ok: undefined
-        }
-        votesOf(event.poll).push(record)
-        return request(instance, instance.store.vote(event.poll as PollId, event.option as OptionId), (exit) => {
-          record.end = tick()
-          record.ok = Exit.isSuccess(exit)
-          if (record.ok) stats.votesAccepted++
-          note(
-            `i${event.instance} vote ${event.poll} ${event.option}: ` +
-              (Exit.isSuccess(exit) ? "ok" : Cause.squash(exit.cause))
-          )
-        })
+        return ballots.cast(event, event.instance, stats, note, (done) =>
+          request(instance, instance.store.vote(event.poll as PollId, event.option as OptionId), done)
+        )
       }
       case "Read": {
         const instance = instances[event.instance]!
@@ -440,7 +345,7 @@ export const run = (scenario: Scenario, variant: ClusterVariant = real, options:
             note(`i${event.instance} read ${event.poll}: ${Cause.squash(exit.cause)}`)
             return
           }
-          note(`i${event.instance} read ${event.poll}: ${describeCounts(exit.value.counts)}`)
+          note(`i${event.instance} read ${event.poll}: ${Harness.describeCounts(exit.value.counts)}`)
           checkRead(event.instance, event.poll, begin, end, exit.value.counts)
         })
       }
@@ -489,7 +394,7 @@ export const run = (scenario: Scenario, variant: ClusterVariant = real, options:
 
   const program = Effect.gen(function* () {
     const clock = yield* Effect.clock
-    now = () => clock.unsafeCurrentTimeMillis()
+    recorder.now = () => clock.unsafeCurrentTimeMillis()
     const cluster = yield* FakeCluster.make({
       masters: config.masters,
       seed: config.seed,
@@ -505,14 +410,14 @@ export const run = (scenario: Scenario, variant: ClusterVariant = real, options:
     const instances: Array<Instance> = []
     for (let index = 0; index < config.instances; index++) instances.push(yield* launch(cluster, index))
 
-    for (step = 0; step < events.length; step++) {
-      note(describeEvent(events[step]!))
-      yield* perform(cluster, events[step]!, instances)
+    for (recorder.step = 0; recorder.step < events.length; recorder.step++) {
+      note(describeEvent(events[recorder.step]!))
+      yield* perform(cluster, events[recorder.step]!, instances)
       checkStored(cluster)
     }
 
     // The end: faults off, every node back, time for the buffers to flush, then every instance stopped cleanly.
-    step = -1
+    recorder.step = -1
     note("healing: faults off, every node back")
     cluster.clearScript()
     cluster.setRates({ error: 0, lostAnswer: 0 })
@@ -540,31 +445,12 @@ export const run = (scenario: Scenario, variant: ClusterVariant = real, options:
       }
     }
     check("lost", left === 0, () => `the instances stopped with ${left} accepted votes they could not write`)
-  }).pipe(
-    Effect.provide(
-      Logger.replace(
-        Logger.defaultLogger,
-        Logger.make(({ logLevel, message }) =>
-          note(`log ${logLevel.label}: ${(Array.isArray(message) ? message : [message]).join(" ")}`)
-        )
-      )
-    )
-  )
+  }).pipe(Effect.provide(Harness.logsToTrace(note)))
 
-  const waited = events.reduce((ms, e) => ms + (e._tag === "Wait" ? e.ms : 0), 0)
-  const result = VirtualTime.run(program, { maxVirtualMs: waited + 600_000 })
+  const result = Harness.runVirtual(program, events)
   const exit = result.exit
   if (Exit.isFailure(exit)) check("crash", false, () => Cause.pretty(exit.cause))
-  return {
-    scenario,
-    variant: variant.name,
-    violation: violations[0],
-    violations,
-    stats,
-    elapsedMs: result.elapsedMs,
-    wakeups: result.wakeups,
-    trace
-  }
+  return Harness.outcome(scenario, variant.name, recorder, stats, result)
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -594,27 +480,17 @@ export const shrink = (
   budget = 500
 ): { readonly scenario: Scenario; readonly outcome: Outcome; readonly runs: number } => {
   let runs = 0
-  let best = failing.scenario
   const breaks = (scenario: Scenario) => {
     if (runs >= budget) return false
     runs++
     return run(scenario, variant).violations.some((v) => v.invariant === invariant)
   }
-  let events = best.events
-  let chunk = Math.max(1, Math.floor(events.length / 2))
-  for (;;) {
-    let removed = false
-    for (let i = 0; i < events.length;) {
-      const candidate = { config: best.config, events: [...events.slice(0, i), ...events.slice(i + chunk)] }
-      if (breaks(candidate)) {
-        best = candidate
-        events = candidate.events
-        removed = true
-      } else i += chunk
-    }
-    if ((chunk === 1 && !removed) || runs >= budget) break
-    if (!removed) chunk = Math.max(1, Math.floor(chunk / 2))
-  }
+  const events = Harness.dropWhileKept(
+    failing.scenario.events,
+    (candidate) => breaks({ config: failing.scenario.config, events: candidate }),
+    () => runs >= budget
+  )
+  const best = { config: failing.scenario.config, events }
   return { scenario: best, outcome: run(best, variant, { trace: true }), runs }
 }
 
@@ -626,8 +502,7 @@ export const formatScenario = (scenario: Scenario): string => {
     `          ttl=${c.cacheTtlMs}ms flush=${c.flushIntervalMs}ms latency=${c.latency.min}-${c.latency.max}ms ` +
       `lag=${c.lag.min}-${c.lag.max}ms failover=${c.failoverMs}ms sync=${c.syncMs}ms errors=${c.errorRate} ` +
       `lostAnswers=${c.lostAnswerRate} maxPollsPerBatch=${c.maxPollsPerBatch ?? "default"}`,
-    `  events (${scenario.events.length}):`,
-    ...scenario.events.map((e, i) => `    #${String(i).padEnd(4)} ${describeEvent(e)}`)
+    ...Harness.formatEvents(scenario.events, describeEvent)
   ].join("\n")
 }
 
@@ -636,15 +511,15 @@ export const formatFailure = (outcome: Outcome, shrunk?: ReturnType<typeof shrin
   const shown = shrunk?.outcome ?? outcome
   return [
     `FAILED cluster seed=${outcome.scenario.config.seed} variant=${outcome.variant}`,
-    `  invariant ${v.invariant}: ${INVARIANTS[v.invariant]}`,
-    `  ${v.message}`,
-    `  (at event #${v.step < 0 ? "end" : v.step}, ${v.atMs} virtual ms` +
-      (shrunk === undefined
-        ? ")"
-        : `; shrunk from ${outcome.scenario.events.length} to ${shrunk.scenario.events.length} events in ${shrunk.runs} runs)`),
+    ...Harness.formatViolation(
+      v,
+      INVARIANTS,
+      shrunk === undefined
+        ? ""
+        : `; shrunk from ${outcome.scenario.events.length} to ${shrunk.scenario.events.length} events in ${shrunk.runs} runs`
+    ),
     formatScenario(shrunk?.scenario ?? outcome.scenario),
-    ...(shown.trace.length > 0 ? ["  trace:", ...shown.trace.slice(-80).map((line) => `    ${line}`)] : []),
-    `  replay: save the next line to a file, then SIM_REPLAY=<file> npm run sim`,
-    JSON.stringify(shrunk?.scenario ?? outcome.scenario)
+    ...(shown.trace.length > 0 ? ["  trace:", ...Harness.traceTail(shown.trace)] : []),
+    ...Harness.replayLines("replay", shrunk?.scenario ?? outcome.scenario)
   ].join("\n")
 }

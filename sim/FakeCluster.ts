@@ -4,6 +4,7 @@ import { StoreUnavailable } from "../src/Domain.js"
 import { COMMAND_TIMEOUT_MS } from "../src/RedisClient.js"
 import { SLOTS, slotOf } from "../src/RedisClient/Cluster.js"
 import { type PartPipeline, REDIS_CLUSTER, type StoreClient, type StoreClients } from "../src/VoteStore/Cluster.js"
+import * as Faults from "./Faults.js"
 
 /**
  * Redis Cluster in memory, on the clock of the Effect that runs it (the simulation's virtual clock): masters that each
@@ -84,7 +85,7 @@ export interface NodeView {
   readonly synced: boolean
 }
 
-export interface FakeCluster {
+export interface FakeCluster extends Faults.FaultControls<Op, Fault, FaultRates> {
   /** The clients of one app instance (commands, voters, batches), each with its own slot map and connections. */
   readonly clients: (name: string) => StoreClients
   readonly nodes: () => ReadonlyArray<NodeView>
@@ -101,9 +102,6 @@ export interface FakeCluster {
   readonly migrate: (slot: number, to: string) => boolean
   /** When the replicas of a master will hold the last slot migrated into it (now if they do). */
   readonly migrationsReplicatedAt: (key: string) => number
-  readonly script: (op: Op, ...faults: ReadonlyArray<Fault>) => void
-  readonly clearScript: () => void
-  readonly setRates: (rates: FaultRates) => void
   /** A poll's counts as the master of its slot holds them. */
   readonly counts: (pollId: string) => Record<string, number>
   /** Every poll's counts as the masters of their slots hold them. */
@@ -271,8 +269,10 @@ export const make = (options: FakeClusterOptions): Effect.Effect<FakeCluster> =>
     const syncMs = options.syncMs ?? 50
     const failoverMs = options.failoverMs ?? 1000
     const note = options.note ?? (() => {})
-    let rates: FaultRates = { error: options.error ?? 0, lostAnswer: options.lostAnswer ?? 0 }
-    const scripted = new Map<Op, Array<Fault>>()
+    const faults = Faults.make<Op, Fault, FaultRates>({
+      error: options.error ?? 0,
+      lostAnswer: options.lostAnswer ?? 0
+    })
     const stats: FakeClusterStats = {
       requests: 0,
       errors: 0,
@@ -528,10 +528,10 @@ export const make = (options: FakeClusterOptions): Effect.Effect<FakeCluster> =>
     // Serving
 
     const nextFault = (op: Op): Fault => {
-      const queue = scripted.get(op)
-      if (queue !== undefined && queue.length > 0) return queue.shift()!
-      if (chance(rates.error)) return "error"
-      if (op !== "read" && chance(rates.lostAnswer)) return "lostAnswer"
+      const next = faults.nextScripted(op)
+      if (next !== undefined) return next
+      if (chance(faults.rates().error)) return "error"
+      if (op !== "read" && chance(faults.rates().lostAnswer)) return "lostAnswer"
       return "ok"
     }
 
@@ -907,15 +907,9 @@ export const make = (options: FakeClusterOptions): Effect.Effect<FakeCluster> =>
           .map((node) => node.key),
       migrate,
       migrationsReplicatedAt,
-      script: (op, ...faults) => {
-        const queue = scripted.get(op) ?? []
-        queue.push(...faults)
-        scripted.set(op, queue)
-      },
-      clearScript: () => scripted.clear(),
-      setRates: (next) => {
-        rates = { ...rates, ...next }
-      },
+      script: faults.script,
+      clearScript: faults.clearScript,
+      setRates: faults.setRates,
       counts: countsOf,
       polls: () => {
         const out = new Map<string, Record<string, number>>()

@@ -11,6 +11,7 @@ import {
 import { COMMAND_TIMEOUT_MS } from "../src/RedisClient.js"
 import type { VoteStoreShape } from "../src/VoteStore.js"
 import { MAX_POLLS_PER_BATCH, type Batch } from "../src/VoteStore.js"
+import * as Faults from "./Faults.js"
 
 /**
  * One Redis shard in memory, with the semantics of src/VoteStore/Redis.ts (the 256-option cap on single votes, batches
@@ -67,18 +68,13 @@ export interface FakeRedisStats {
   batchesIgnored: number
 }
 
-export interface FakeRedis {
+export interface FakeRedis extends Faults.FaultControls<Op, Fault, FaultRates> {
   readonly name: string
   readonly store: VoteStoreShape
   /** Stop answering: calls fail at once, a call in flight loses its answer. Data is kept, as with AOF. */
   readonly down: () => void
   readonly up: () => void
   readonly isUp: () => boolean
-  /** Faults for the next calls of `op`, used in order before the random rates apply. */
-  readonly script: (op: Op, ...faults: ReadonlyArray<Fault>) => void
-  readonly clearScript: () => void
-  /** Changes the given rates; the others stay as they are. */
-  readonly setRates: (rates: FaultRates) => void
   readonly polls: () => ReadonlyMap<PollId, ReadonlyMap<OptionId, number>>
   readonly counts: (pollId: PollId) => Record<string, number>
   readonly log: ReadonlyArray<Change>
@@ -92,17 +88,16 @@ export const make = (options: FakeRedisOptions): FakeRedis => {
   const { name } = options
   const random = options.random ?? Random.make(name)
   const timeoutMs = options.timeoutMs ?? COMMAND_TIMEOUT_MS
-  let rates: FaultRates = {
+  const faults = Faults.make<Op, Fault, FaultRates>({
     error: options.error,
     timeoutAfterApply: options.timeoutAfterApply,
     latency: options.latency
-  }
+  })
   let up = true
   let counter = 0
   const stamp = options.stamp ?? (() => counter++)
   const data = new Map<PollId, Map<OptionId, number>>()
   const appliedBatches = new Set<string>()
-  const scripted = new Map<Op, Array<Fault>>()
   const log: Array<Change> = []
   const stats: FakeRedisStats = {
     calls: 0,
@@ -117,7 +112,7 @@ export const make = (options: FakeRedisOptions): FakeRedis => {
     new StoreUnavailable({ node: name, reason: `${what}: ${reason}` })
 
   const delay = Effect.suspend(() => {
-    const latency = rates.latency
+    const latency = faults.rates().latency
     if (latency === undefined || latency.max <= 0) return Effect.void
     return Effect.flatMap(random.nextIntBetween(latency.min, latency.max + 1), (ms) =>
       ms > 0 ? Effect.sleep(ms) : Effect.void
@@ -129,12 +124,14 @@ export const make = (options: FakeRedisOptions): FakeRedis => {
 
   const nextFault = (op: Op): Effect.Effect<Fault> =>
     Effect.suspend(() => {
-      const queue = scripted.get(op)
-      if (queue !== undefined && queue.length > 0) return Effect.succeed(queue.shift()!)
-      return Effect.flatMap(chance(rates.error), (error) => {
+      const next = faults.nextScripted(op)
+      if (next !== undefined) return Effect.succeed(next)
+      return Effect.flatMap(chance(faults.rates().error), (error) => {
         if (error) return Effect.succeed<Fault>("error")
         if (!isWrite(op)) return Effect.succeed<Fault>("ok")
-        return Effect.map(chance(rates.timeoutAfterApply), (lost): Fault => (lost ? "timeoutAfterApply" : "ok"))
+        return Effect.map(chance(faults.rates().timeoutAfterApply), (lost): Fault =>
+          lost ? "timeoutAfterApply" : "ok"
+        )
       })
     })
 
@@ -260,15 +257,9 @@ export const make = (options: FakeRedisOptions): FakeRedis => {
       up = true
     },
     isUp: () => up,
-    script: (op, ...faults) => {
-      const queue = scripted.get(op) ?? []
-      queue.push(...faults)
-      scripted.set(op, queue)
-    },
-    clearScript: () => scripted.clear(),
-    setRates: (next) => {
-      rates = { ...rates, ...next }
-    },
+    script: faults.script,
+    clearScript: faults.clearScript,
+    setRates: faults.setRates,
     polls: () => data,
     counts,
     log,

@@ -1,4 +1,4 @@
-import { Cause, Duration, Effect, Exit, Fiber, Logger, Random, Scope } from "effect"
+import { Cause, Duration, Effect, Exit, Fiber, Random, Scope } from "effect"
 import type { OptionId, PollId } from "../src/Domain.js"
 import * as Journal from "../src/VoteStore/Journal.js"
 import { COMMAND_TIMEOUT_MS } from "../src/RedisClient.js"
@@ -8,8 +8,9 @@ import * as Cached from "../src/VoteStore/Cached.js"
 import * as Sharded from "../src/VoteStore/Sharded.js"
 import * as WriteBehind from "../src/VoteStore/WriteBehind.js"
 import * as FakeRedis from "./FakeRedis.js"
+import * as Harness from "./Harness.js"
+import { drawRead, drawVote, drawWait, int, pick, chance } from "./Harness.js"
 import * as MemoryJournal from "./MemoryJournal.js"
-import * as VirtualTime from "./VirtualTime.js"
 
 /**
  * Deterministic simulation of a livepoll cluster: several app instances, each the `full` stage (write-behind buffer
@@ -40,9 +41,7 @@ export interface SimConfig {
 }
 
 export type SimEvent =
-  | { readonly _tag: "Vote"; readonly instance: number; readonly poll: string; readonly option: string }
-  | { readonly _tag: "Read"; readonly instance: number; readonly poll: string }
-  | { readonly _tag: "Wait"; readonly ms: number }
+  | Harness.ClientEvent
   | { readonly _tag: "Restart"; readonly instance: number }
   | { readonly _tag: "ShardDown"; readonly shard: string }
   | { readonly _tag: "ShardUp"; readonly shard: string }
@@ -66,26 +65,12 @@ export const INVARIANTS = {
   placement: "each poll's data lives on exactly one shard, the one the ring assigns",
   doubled: "no shard counts more votes than were accepted",
   lost: "after a clean shutdown the store holds exactly the accepted votes and no journal holds any",
-  slow: "every request is answered within 2 s",
-  crash: "no defect escapes a layer"
+  ...Harness.REQUEST_INVARIANTS
 } as const
 export type Invariant = keyof typeof INVARIANTS
 
-export interface Violation {
-  readonly invariant: Invariant
-  /** Index of the event being run when it was seen, or -1 for the end-of-run checks. */
-  readonly step: number
-  readonly atMs: number
-  readonly message: string
-}
-
-export interface SimStats {
-  events: number
-  votes: number
-  votesAccepted: number
+export interface SimStats extends Harness.ClientStats<Invariant> {
   votesRefused: number
-  reads: number
-  readsFailed: number
   restarts: number
   outages: number
   faults: number
@@ -93,22 +78,10 @@ export interface SimStats {
   batchesApplied: number
   retriesAbsorbed: number
   timeoutsAfterApply: number
-  checks: Record<Invariant, number>
 }
 
-export interface Outcome {
-  readonly scenario: Scenario
-  readonly variant: string
-  /** The first violation seen; the run stops at the end of that step. */
-  readonly violation: Violation | undefined
-  /** Every violation seen up to then (at most 50). */
-  readonly violations: ReadonlyArray<Violation>
-  readonly stats: SimStats
-  readonly elapsedMs: number
-  readonly wakeups: number
-  /** What happened, one line per request and incident; only when asked for. */
-  readonly trace: ReadonlyArray<string>
-}
+/** The run stops at the end of the step that saw the first violation. */
+export type Outcome = Harness.Outcome<Scenario, SimStats, Invariant>
 
 /**
  * Where a deliberately broken build plugs in. The real cluster is `real`; sim/Broken.ts holds the broken ones.
@@ -133,9 +106,6 @@ export const real: Variant = {
   beneathBuffer: (store) => store
 }
 
-/** The contract's bound on answering a request. */
-export const ANSWER_WITHIN_MS = 2000
-
 // ---------------------------------------------------------------------------------------------------------------------
 // Generation
 
@@ -147,12 +117,9 @@ const shardNames = ["redis_7000", "redis_7001", "redis_7002", "redis_7003"]
 const optionNames = ["A", "B", "C", "D", "E"]
 
 export const generate = (seed: number, options: GenerateOptions = {}): Scenario =>
-  Effect.runSync(
+  Harness.drawn(
+    seed,
     Effect.gen(function* () {
-      const int = (min: number, max: number) => Random.nextIntBetween(min, max + 1)
-      const pick = <A>(items: ReadonlyArray<A>) => Effect.map(int(0, items.length - 1), (i) => items[i]!)
-      const chance = (p: number) => Effect.map(Random.next, (x) => x < p)
-
       const shards = shardNames.slice(0, yield* int(2, 4))
       const instances = yield* int(1, 3)
       const nodeOrders: Array<Array<string>> = []
@@ -180,17 +147,11 @@ export const generate = (seed: number, options: GenerateOptions = {}): Scenario 
       for (let i = 0; i < count; i++) {
         const roll = yield* int(0, 99)
         if (roll < 40) {
-          events.push({
-            _tag: "Vote",
-            instance: yield* int(0, instances - 1),
-            poll: yield* pick(config.polls),
-            option: yield* pick(config.options)
-          })
+          events.push(yield* drawVote(instances, config.polls, config.options))
         } else if (roll < 65) {
-          events.push({ _tag: "Read", instance: yield* int(0, instances - 1), poll: yield* pick(config.polls) })
+          events.push(yield* drawRead(instances, config.polls))
         } else if (roll < 83) {
-          const long = yield* chance(0.1)
-          events.push({ _tag: "Wait", ms: long ? yield* int(500, 2500) : yield* int(1, flushIntervalMs * 2) })
+          events.push(yield* drawWait(flushIntervalMs, 2500))
         } else if (roll < 88) {
           // The full stage writes to the shards only in batches; single votes stay in the buffer.
           const op = yield* pick<FakeRedis.Op>(["applyBatch", "applyBatch", "applyBatch", "results"])
@@ -205,27 +166,16 @@ export const generate = (seed: number, options: GenerateOptions = {}): Scenario 
         }
       }
       return { config, events }
-    }).pipe(Effect.withRandom(Random.make(seed)))
+    })
   )
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Running
 
-interface VoteRecord {
-  readonly owner: string
-  readonly option: string
-  readonly start: number
-  end: number | undefined
-  ok: boolean | undefined
-}
-
 /** One running app process. */
-interface Process {
+interface Process extends Harness.App {
   /** Batch-id prefix: instance and incarnation. */
   readonly id: string
-  readonly scope: Scope.CloseableScope
-  readonly store: VoteStoreShape
-  readonly requests: Array<Fiber.RuntimeFiber<void>>
   /** Per poll, the highest count of each option this process has answered with so far. */
   readonly floors: Map<string, Record<string, number>>
 }
@@ -239,27 +189,16 @@ interface Slot {
   process: Process
 }
 
-const emptyChecks = (): Record<Invariant, number> =>
-  Object.fromEntries(Object.keys(INVARIANTS).map((k) => [k, 0])) as Record<Invariant, number>
-
 export interface RunOptions {
   readonly trace?: boolean
 }
 
-const describeCounts = (counts: Readonly<Record<string, number>>) =>
-  `{${Object.keys(counts)
-    .sort()
-    .map((k) => `${k}:${counts[k]}`)
-    .join(",")}}`
-
 export const describeEvent = (event: SimEvent): string => {
   switch (event._tag) {
     case "Vote":
-      return `vote    i${event.instance} ${event.poll} ${event.option}`
     case "Read":
-      return `read    i${event.instance} ${event.poll}`
     case "Wait":
-      return `wait    ${event.ms}ms`
+      return Harness.describeClientEvent(event)
     case "Restart":
       return `restart i${event.instance}`
     case "ShardDown":
@@ -308,7 +247,8 @@ const routerFor = (variant: Variant, order: ReadonlyArray<string>, shardStore: (
 
 export const run = (scenario: Scenario, variant: Variant = real, options: RunOptions = {}): Outcome => {
   const { config, events } = scenario
-  const trace: Array<string> = []
+  const recorder = new Harness.Recorder(INVARIANTS, options.trace ?? false)
+  const { tick, note, fail, check, violations } = recorder
   const stats: SimStats = {
     events: events.length,
     votes: 0,
@@ -323,27 +263,9 @@ export const run = (scenario: Scenario, variant: Variant = real, options: RunOpt
     batchesApplied: 0,
     retriesAbsorbed: 0,
     timeoutsAfterApply: 0,
-    checks: emptyChecks()
+    checks: recorder.checks
   }
-  let violation: Violation | undefined
-  let step = -1
-  let sequence = 0
-  /** Orders everything that happens in one run, including events that share an instant. */
-  const tick = () => sequence++
-  let now = () => 0
-  const note = (line: string) => {
-    if (options.trace) trace.push(`${String(now()).padStart(6)}ms  ${line}`)
-  }
-  const violations: Array<Violation> = []
-  const fail = (invariant: Invariant, message: string) => {
-    if (violations.length < 50) violations.push({ invariant, step, atMs: now(), message })
-    if (violation === undefined) violation = violations[0]
-    note(`VIOLATION ${invariant}: ${message}`)
-  }
-  const check = (invariant: Invariant, ok: boolean, message: () => string) => {
-    stats.checks[invariant]++
-    if (!ok) fail(invariant, message())
-  }
+  const now = () => recorder.now()
 
   const ring = canonicalRing(config.shards)
   const shards = new Map(
@@ -359,12 +281,9 @@ export const run = (scenario: Scenario, variant: Variant = real, options: RunOpt
       })
     ])
   )
-  const votes = new Map<string, Array<VoteRecord>>()
-  const votesOf = (poll: string) => {
-    let list = votes.get(poll)
-    if (list === undefined) votes.set(poll, (list = []))
-    return list
-  }
+  /** Each vote belongs to its instance or its process: see `ownerOfSlot`. */
+  const ballots = new Harness.Ballots<string>(tick)
+  const votesOf = ballots.of
   /** Votes an incarnation could not write out on shutdown, as it reported them; only without a journal. */
   let reportedLeft = 0
 
@@ -509,22 +428,16 @@ export const run = (scenario: Scenario, variant: Variant = real, options: RunOpt
   const background: Array<Fiber.RuntimeFiber<void>> = []
 
   const request = <A>(slot: Slot, effect: Effect.Effect<A, unknown>, done: (exit: Exit.Exit<A, unknown>) => void) =>
-    Effect.gen(function* () {
-      const startedMs = now()
-      const fiber = yield* Effect.fork(
-        Effect.flatMap(Effect.exit(effect), (exit) =>
-          Effect.sync(() => {
-            if (Exit.isFailure(exit) && !Cause.isFailType(exit.cause) && !Cause.isInterruptedOnly(exit.cause)) {
-              fail("crash", `request on i${slot.index} died: ${Cause.pretty(exit.cause)}`)
-            }
-            const took = now() - startedMs
-            check("slow", took <= ANSWER_WITHIN_MS, () => `a request on i${slot.index} took ${took}ms`)
-            done(exit)
-          })
-        )
-      )
-      slot.process.requests.push(fiber)
-    })
+    Harness.request(
+      recorder,
+      slot.index,
+      () => slot.process.requests,
+      effect,
+      (exit) => {
+        if (Harness.isDefect(exit)) fail("crash", `request on i${slot.index} died: ${Cause.pretty(exit.cause)}`)
+      },
+      done
+    )
 
   const perform = (event: SimEvent, slots: ReadonlyArray<Slot>): Effect.Effect<void> => {
     switch (event._tag) {
@@ -536,23 +449,9 @@ export const run = (scenario: Scenario, variant: Variant = real, options: RunOpt
           note(`i${event.instance} vote ${event.poll} ${event.option}: instance restarting, not sent`)
           return Effect.void
         }
-        const record: VoteRecord = {
-          owner: ownerOfSlot(slot),
-          option: event.option,
-          start: tick(),
-          end: undefined,
-          ok: undefined
-        }
-        votesOf(event.poll).push(record)
-        return request(slot, slot.process.store.vote(event.poll as PollId, event.option as OptionId), (exit) => {
-          record.end = tick()
-          record.ok = Exit.isSuccess(exit)
-          if (record.ok) stats.votesAccepted++
-          note(
-            `i${event.instance} vote ${event.poll} ${event.option}: ` +
-              (Exit.isSuccess(exit) ? "ok" : Cause.squash(exit.cause))
-          )
-        })
+        return ballots.cast(event, ownerOfSlot(slot), stats, note, (done) =>
+          request(slot, slot.process.store.vote(event.poll as PollId, event.option as OptionId), done)
+        )
       }
       case "Read": {
         const slot = slots[event.instance]!
@@ -572,7 +471,7 @@ export const run = (scenario: Scenario, variant: Variant = real, options: RunOpt
             return
           }
           note(
-            `i${event.instance} read ${event.poll}: ${describeCounts(exit.value.counts)} via ${exit.value.servedVia}`
+            `i${event.instance} read ${event.poll}: ${Harness.describeCounts(exit.value.counts)} via ${exit.value.servedVia}`
           )
           checkRead(slot, owner, event.poll, begin, end, now(), exit.value.counts, floor)
         })
@@ -612,21 +511,21 @@ export const run = (scenario: Scenario, variant: Variant = real, options: RunOpt
 
   const program = Effect.gen(function* () {
     const clock = yield* Effect.clock
-    now = () => clock.unsafeCurrentTimeMillis()
+    recorder.now = () => clock.unsafeCurrentTimeMillis()
     const slots: Array<Slot> = []
     for (let index = 0; index < config.instances; index++) {
       const journal = config.journal ? MemoryJournal.make() : undefined
       slots.push({ index, journal, incarnation: 0, up: true, process: yield* launch(index, 0, journal) })
     }
 
-    for (step = 0; step < events.length && violation === undefined; step++) {
-      yield* perform(events[step]!, slots)
+    for (recorder.step = 0; recorder.step < events.length && violations.length === 0; recorder.step++) {
+      yield* perform(events[recorder.step]!, slots)
       checkStep()
     }
-    if (violation !== undefined) return
+    if (violations.length > 0) return
 
     // The end: every fault healed, everything in flight answered, then every instance stopped cleanly.
-    step = -1
+    recorder.step = -1
     note("healing every shard")
     for (const shard of shards.values()) {
       shard.up()
@@ -677,19 +576,9 @@ export const run = (scenario: Scenario, variant: Variant = real, options: RunOpt
           `left unwritten on shutdown`
       )
     }
-  }).pipe(
-    Effect.provide(
-      Logger.replace(
-        Logger.defaultLogger,
-        Logger.make(({ logLevel, message }) =>
-          note(`log ${logLevel.label}: ${(Array.isArray(message) ? message : [message]).join(" ")}`)
-        )
-      )
-    )
-  )
+  }).pipe(Effect.provide(Harness.logsToTrace(note)))
 
-  const waited = events.reduce((ms, e) => ms + (e._tag === "Wait" ? e.ms : 0), 0)
-  const result = VirtualTime.run(program, { maxVirtualMs: waited + 600_000 })
+  const result = Harness.runVirtual(program, events)
   if (Exit.isFailure(result.exit)) fail("crash", Cause.pretty(result.exit.cause))
   for (const shard of shards.values()) {
     stats.storeCalls += shard.stats.calls
@@ -697,16 +586,7 @@ export const run = (scenario: Scenario, variant: Variant = real, options: RunOpt
     stats.retriesAbsorbed += shard.stats.batchesIgnored
     stats.timeoutsAfterApply += shard.stats.timeoutsAfterApply
   }
-  return {
-    scenario,
-    variant: variant.name,
-    violation,
-    violations,
-    stats,
-    elapsedMs: result.elapsedMs,
-    wakeups: result.wakeups,
-    trace
-  }
+  return Harness.outcome(scenario, variant.name, recorder, stats, result)
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -743,22 +623,12 @@ export const shrink = (failing: Outcome, variant: Variant = real, options: Shrin
     return true
   }
 
-  const dropEvents = () => {
-    let events = best.scenario.events
-    let chunk = Math.max(1, Math.floor(events.length / 2))
-    for (;;) {
-      let removed = false
-      for (let i = 0; i < events.length;) {
-        const candidate = [...events.slice(0, i), ...events.slice(i + chunk)]
-        if (attempt({ config: best.scenario.config, events: candidate })) {
-          events = candidate
-          removed = true
-        } else i += chunk
-      }
-      if (chunk === 1 && !removed) return
-      if (!removed) chunk = Math.max(1, Math.floor(chunk / 2))
-    }
-  }
+  const dropEvents = () =>
+    Harness.dropWhileKept(
+      best.scenario.events,
+      (events) => attempt({ config: best.scenario.config, events }),
+      () => runs >= budget
+    )
 
   const simplerConfigs = (config: SimConfig): Array<Partial<SimConfig>> => [
     { errorRate: 0, timeoutAfterApplyRate: 0 },
@@ -798,8 +668,7 @@ export const formatScenario = (scenario: Scenario): string => {
     `          polls=${c.polls.length} options=${c.options.length} ttl=${c.cacheTtlMs}ms flush=${c.flushIntervalMs}ms ` +
       `latency=${c.latency.min}-${c.latency.max}ms errors=${c.errorRate} lostAnswers=${c.timeoutAfterApplyRate} ` +
       `journal=${c.journal} maxEntries=${c.maxEntries ?? "default"} maxPollsPerBatch=${c.maxPollsPerBatch ?? "default"}`,
-    `  events (${scenario.events.length}):`,
-    ...scenario.events.map((e, i) => `    #${String(i).padEnd(4)} ${describeEvent(e)}`)
+    ...Harness.formatEvents(scenario.events, describeEvent)
   ]
   return lines.join("\n")
 }
@@ -812,15 +681,15 @@ export const formatFailure = (original: Outcome, shrunk: Shrunk): string => {
   const v = shrunk.outcome.violation ?? original.violation!
   return [
     `FAILED seed=${original.scenario.config.seed} variant=${original.variant}`,
-    `  invariant ${v.invariant}: ${INVARIANTS[v.invariant]}`,
-    `  ${v.message}`,
-    `  (at event #${v.step < 0 ? "end" : v.step}, ${v.atMs} virtual ms; shrunk from ${original.scenario.events.length} ` +
-      `to ${shrunk.scenario.events.length} events in ${shrunk.runs} runs)`,
+    ...Harness.formatViolation(
+      v,
+      INVARIANTS,
+      `; shrunk from ${original.scenario.events.length} to ${shrunk.scenario.events.length} events in ${shrunk.runs} runs`
+    ),
     formatScenario(shrunk.scenario),
     `  trace of the shrunk run:`,
-    ...shrunk.outcome.trace.slice(-80).map((line) => `    ${line}`),
+    ...Harness.traceTail(shrunk.outcome.trace),
     `  reproduce: ${reproduce(original)}`,
-    `  replay the shrunk events: save the next line to a file, then SIM_REPLAY=<file> npm run sim`,
-    JSON.stringify(shrunk.scenario)
+    ...Harness.replayLines("replay the shrunk events", shrunk.scenario)
   ].join("\n")
 }

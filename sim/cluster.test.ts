@@ -116,34 +116,21 @@ describe("the cluster simulation", () => {
 })
 
 describe("a batch part's marker", () => {
+  /** Three votes on `p0`, the answer to the first batch part lost, then `then`. */
+  const answerLost = (...then: Array<ClusterEvent>): Scenario => ({
+    config: config(),
+    events: [settled, ...votes("p0", 3), { _tag: "Fault", op: "parts", fault: "lostAnswer", count: 1 }, ...then]
+  })
   const cases: Array<[string, Scenario, (outcome: Outcome) => void]> = [
     [
       "a retry after a lost answer",
-      {
-        config: config(),
-        events: [
-          settled,
-          ...votes("p0", 3),
-          { _tag: "Fault", op: "parts", fault: "lostAnswer", count: 1 },
-          { _tag: "Wait", ms: 3000 }
-        ]
-      },
+      answerLost({ _tag: "Wait", ms: 3000 }),
       (outcome) => expect(outcome.stats.cluster!.lostAnswers).toBe(1)
     ],
     [
       "a retry after a lost answer and MOVED (its slot migrated meanwhile)",
-      {
-        config: config(),
-        events: [
-          settled,
-          ...votes("p0", 3),
-          { _tag: "Fault", op: "parts", fault: "lostAnswer", count: 1 },
-          // The first flush (at 100 ms) is applied and its answer lost; the slot moves before the retry.
-          { _tag: "Wait", ms: 200 },
-          { _tag: "Migrate", poll: "p0", to: 0 },
-          { _tag: "Wait", ms: 3000 }
-        ]
-      },
+      // The first flush (at 100 ms) is applied and its answer lost; the slot moves before the retry.
+      answerLost({ _tag: "Wait", ms: 200 }, { _tag: "Migrate", poll: "p0", to: 0 }, { _tag: "Wait", ms: 3000 }),
       (outcome) => expect(outcome.stats.cluster!.moved).toBeGreaterThan(0)
     ],
     (() => {

@@ -11,6 +11,7 @@
 import * as fs from "node:fs"
 import * as Ring from "../src/Ring.js"
 import * as ClusterSim from "./ClusterSim.js"
+import type * as Harness from "./Harness.js"
 import * as Properties from "./properties.js"
 import * as RingStats from "./RingStats.js"
 import * as Simulation from "./Simulation.js"
@@ -40,15 +41,56 @@ const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<
 const replay = () => {
   const file = process.env.SIM_REPLAY!
   const scenario = JSON.parse(fs.readFileSync(file, "utf8").trim().split("\n").at(-1)!) as Simulation.Scenario
-  if ("masters" in scenario.config) return replayCluster(scenario as unknown as ClusterSim.Scenario)
-  const outcome = Simulation.run(scenario, Simulation.real, { trace: true })
-  console.log(Simulation.formatScenario(scenario))
+  if ("masters" in scenario.config) {
+    const cluster = scenario as unknown as ClusterSim.Scenario
+    return printReplay(ClusterSim.formatScenario(cluster), ClusterSim.run(cluster, ClusterSim.real, { trace: true }))
+  }
+  printReplay(Simulation.formatScenario(scenario), Simulation.run(scenario, Simulation.real, { trace: true }))
+}
+
+/** Adds each of `amounts` to its total. */
+const addUp = <K extends string>(totals: Record<K, number>, amounts: Readonly<Record<K, number>>) => {
+  for (const key of Object.keys(amounts) as Array<K>) totals[key] += amounts[key]
+}
+
+/** A replayed scenario and its trace; exits 1 if the run broke an invariant. */
+const printReplay = (
+  scenario: string,
+  outcome: { readonly trace: ReadonlyArray<string>; readonly violation: Harness.Violation<string> | undefined }
+) => {
+  console.log(scenario)
   for (const line of outcome.trace) console.log(`    ${line}`)
   if (outcome.violation !== undefined) {
     console.log(`FAILED ${outcome.violation.invariant}: ${outcome.violation.message}`)
     process.exit(1)
   }
   console.log("passed")
+}
+
+/**
+ * Runs `count` seeds from SIM_SEED, a line each (`describe`), adding up each outcome (`add`); at the first that breaks
+ * an invariant prints `report` of it, shrunk, and exits 1.
+ */
+const sweepSeeds = <O extends { readonly violation: Harness.Violation<string> | undefined }>(
+  count: number,
+  runSeed: (seed: number) => O,
+  describe: (outcome: O) => string,
+  report: (outcome: O, seed: number) => string,
+  add: (outcome: O) => void
+) => {
+  for (let i = 0; i < count; i++) {
+    const outcome = runSeed(seed + i)
+    console.log(
+      `seed ${seed + i}: ${describe(outcome)}: ` +
+        (outcome.violation === undefined ? "ok" : `FAILED ${outcome.violation.invariant}`)
+    )
+    if (outcome.violation !== undefined) {
+      console.log(`\nshrinking seed ${seed + i} ...`)
+      console.log(report(outcome, seed + i))
+      process.exit(1)
+    }
+    add(outcome)
+  }
 }
 
 const ringSection = () => {
@@ -164,32 +206,33 @@ const simulationSection = () => {
     number
   >
   const totals = { events: 0, votes: 0, reads: 0, restarts: 0, outages: 0, faults: 0, lostAnswers: 0, virtualMs: 0 }
-  for (let i = 0; i < runs; i++) {
-    const scenario = Simulation.generate(seed + i, { events: eventsPerRun })
-    const outcome = Simulation.run(scenario)
-    const c = scenario.config
-    const s = outcome.stats
-    console.log(
-      `seed ${seed + i}: ${c.instances} app x ${c.shards.length} redis, journal ${c.journal ? "on " : "off"}, ` +
+  sweepSeeds(
+    runs,
+    (seed) => Simulation.run(Simulation.generate(seed, { events: eventsPerRun })),
+    (outcome) => {
+      const c = outcome.scenario.config
+      const s = outcome.stats
+      return (
+        `${c.instances} app x ${c.shards.length} redis, journal ${c.journal ? "on " : "off"}, ` +
         `${s.events} events, ${s.votesAccepted} votes, ${s.reads} reads, ${s.restarts} restarts, ${s.outages} outages, ` +
-        `${s.timeoutsAfterApply} lost answers, ${outcome.elapsedMs} virtual ms: ` +
-        (outcome.violation === undefined ? "ok" : `FAILED ${outcome.violation.invariant}`)
-    )
-    if (outcome.violation !== undefined) {
-      console.log(`\nshrinking seed ${seed + i} ...`)
-      console.log(Simulation.formatFailure(outcome, Simulation.shrink(outcome)))
-      process.exit(1)
+        `${s.timeoutsAfterApply} lost answers, ${outcome.elapsedMs} virtual ms`
+      )
+    },
+    (outcome) => Simulation.formatFailure(outcome, Simulation.shrink(outcome)),
+    ({ elapsedMs, stats: s }) => {
+      addUp(checks, s.checks)
+      addUp(totals, {
+        events: s.events,
+        votes: s.votesAccepted,
+        reads: s.reads,
+        restarts: s.restarts,
+        outages: s.outages,
+        faults: s.faults,
+        lostAnswers: s.timeoutsAfterApply,
+        virtualMs: elapsedMs
+      })
     }
-    for (const [k, n] of Object.entries(s.checks)) checks[k as Simulation.Invariant] += n
-    totals.events += s.events
-    totals.votes += s.votesAccepted
-    totals.reads += s.reads
-    totals.restarts += s.restarts
-    totals.outages += s.outages
-    totals.faults += s.faults
-    totals.lostAnswers += s.timeoutsAfterApply
-    totals.virtualMs += outcome.elapsedMs
-  }
+  )
   console.log(
     `\nall ${runs} runs passed: ${totals.events} events, ${totals.votes} accepted votes, ${totals.reads} reads, ` +
       `${totals.restarts} restarts, ${totals.outages} shard outages, ${totals.faults} injected fault bursts, ` +
@@ -201,48 +244,39 @@ const simulationSection = () => {
   }
 }
 
-function replayCluster(scenario: ClusterSim.Scenario) {
-  const outcome = ClusterSim.run(scenario, ClusterSim.real, { trace: true })
-  console.log(ClusterSim.formatScenario(scenario))
-  for (const line of outcome.trace) console.log(`    ${line}`)
-  if (outcome.violation !== undefined) {
-    console.log(`FAILED ${outcome.violation.invariant}: ${outcome.violation.message}`)
-    process.exit(1)
-  }
-  console.log("passed")
-}
-
 const clusterSection = () => {
   const count = Math.ceil(runs / 4)
   console.log(`\n## Redis Cluster simulation (WAIT 1): ${count} runs, seeds ${seed}..${seed + count - 1}\n`)
   const totals = { votes: 0, kills: 0, promotions: 0, lostWrites: 0, migrations: 0, moved: 0, repeated: 0 }
-  for (let i = 0; i < count; i++) {
-    const outcome = ClusterSim.run(ClusterSim.generate(seed + i, { events: eventsPerRun, waitReplicas: 1 }))
-    const s = outcome.stats
-    const c = s.cluster!
-    console.log(
-      `seed ${seed + i}: ${outcome.scenario.config.instances} app x ${outcome.scenario.config.masters}+` +
+  sweepSeeds(
+    count,
+    (seed) => ClusterSim.run(ClusterSim.generate(seed, { events: eventsPerRun, waitReplicas: 1 })),
+    (outcome) => {
+      const s = outcome.stats
+      const c = s.cluster!
+      return (
+        `${outcome.scenario.config.instances} app x ${outcome.scenario.config.masters}+` +
         `${outcome.scenario.config.masters} redis, ${s.votesAccepted} votes, ${s.kills} kills, ${c.promotions} ` +
         `failovers (${c.lostWrites} writes lost with their master), ${c.migrations} migrations, ${c.moved} MOVED, ` +
-        `${c.lostAnswers} lost answers, ${outcome.elapsedMs} virtual ms: ` +
-        (outcome.violation === undefined ? "ok" : `FAILED ${outcome.violation.invariant}`)
-    )
-    if (outcome.violation !== undefined) {
-      console.log(`\nshrinking seed ${seed + i} ...`)
-      console.log(
-        ClusterSim.formatFailure(outcome, ClusterSim.shrink(outcome, outcome.violation.invariant, ClusterSim.real, 300))
+        `${c.lostAnswers} lost answers, ${outcome.elapsedMs} virtual ms`
       )
-      console.log(`  reproduce: SIM_SEED=${seed + i} SIM_RUNS=4 SIM_EVENTS=${eventsPerRun} npm run sim`)
-      process.exit(1)
-    }
-    totals.votes += s.votesAccepted
-    totals.kills += s.kills
-    totals.promotions += c.promotions
-    totals.lostWrites += c.lostWrites
-    totals.migrations += c.migrations
-    totals.moved += c.moved
-    totals.repeated += c.partsRepeated
-  }
+    },
+    (outcome, seed) =>
+      ClusterSim.formatFailure(
+        outcome,
+        ClusterSim.shrink(outcome, outcome.violation!.invariant, ClusterSim.real, 300)
+      ) + `\n  reproduce: SIM_SEED=${seed} SIM_RUNS=4 SIM_EVENTS=${eventsPerRun} npm run sim`,
+    ({ stats: s }) =>
+      addUp(totals, {
+        votes: s.votesAccepted,
+        kills: s.kills,
+        promotions: s.cluster!.promotions,
+        lostWrites: s.cluster!.lostWrites,
+        migrations: s.cluster!.migrations,
+        moved: s.cluster!.moved,
+        repeated: s.cluster!.partsRepeated
+      })
+  )
   console.log(
     `\nall ${count} runs passed: ${totals.votes} accepted votes, ${totals.kills} nodes killed, ${totals.promotions} ` +
       `failovers losing ${totals.lostWrites} unreplicated writes, ${totals.migrations} slot migrations, ` +

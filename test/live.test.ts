@@ -1,9 +1,9 @@
 import { readFileSync } from "node:fs"
-import { type ClientRequest, request as httpRequest } from "node:http"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Ring from "../src/Ring.js"
 import { type App, killAllApps, startApp } from "./support/app.js"
 import { type RedisServer, startRedis } from "./support/redis.js"
+import { openStream, type Stream } from "./support/stream.js"
 import { eventually, sleep } from "./support/wait.js"
 
 /** Live results over Server-Sent Events: first event, updates, the rate cap, fan-out across processes, cleanup. */
@@ -46,90 +46,6 @@ afterAll(async () => {
   await Promise.all([x?.stop(), y?.stop()])
 })
 
-interface ResultsEvent {
-  /** When it arrived (Date.now()). */
-  readonly at: number
-  readonly data: any
-}
-
-interface Stream {
-  readonly status: number
-  readonly contentType: string | undefined
-  readonly events: Array<ResultsEvent>
-  /** Resolves with the first event at index `from` or later that satisfies `test`. */
-  readonly waitFor: (
-    test: (data: any) => boolean,
-    options?: { from?: number; timeoutMs?: number; what?: string }
-  ) => Promise<ResultsEvent>
-  readonly close: () => void
-}
-
-/** Opens `GET /api/v1/polls/{id}/stream` on its own connection and parses `event: results` frames as they arrive. */
-const openStream = (app: App, pollId: string): Promise<Stream> =>
-  new Promise((resolve, reject) => {
-    const events: Array<ResultsEvent> = []
-    const waiters = new Set<() => void>()
-    let req: ClientRequest
-    let ended = false
-    req = httpRequest(
-      { host: "127.0.0.1", port: app.port, path: `/api/v1/polls/${pollId}/stream`, agent: false },
-      (res) => {
-        let buffer = ""
-        res.setEncoding("utf8")
-        res.on("data", (chunk: string) => {
-          buffer += chunk
-          for (let end = buffer.indexOf("\n\n"); end !== -1; end = buffer.indexOf("\n\n")) {
-            const frame = buffer.slice(0, end)
-            buffer = buffer.slice(end + 2)
-            let event = "message"
-            const data: Array<string> = []
-            for (const line of frame.split("\n")) {
-              if (line.startsWith("event:")) event = line.slice(6).trim()
-              else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""))
-            }
-            if (event === "results" && data.length > 0) {
-              events.push({ at: Date.now(), data: JSON.parse(data.join("\n")) })
-              waiters.forEach((w) => w())
-            }
-          }
-        })
-        res.on("error", () => {})
-        res.on("close", () => {
-          ended = true
-          waiters.forEach((w) => w())
-        })
-        resolve({
-          status: res.statusCode ?? 0,
-          contentType: res.headers["content-type"],
-          events,
-          waitFor: (test, { from = 0, timeoutMs = 3000, what = "an event" } = {}) =>
-            new Promise((found, fail) => {
-              const check = () => {
-                const hit = events.slice(from).find((e) => test(e.data))
-                if (hit !== undefined) return done(() => found(hit))
-                if (ended) done(() => fail(new Error(`stream ended before ${what}; events: ${JSON.stringify(events)}`)))
-              }
-              const timer = setTimeout(
-                () =>
-                  done(() => fail(new Error(`no ${what} within ${timeoutMs} ms; events: ${JSON.stringify(events)}`))),
-                timeoutMs
-              )
-              const done = (then: () => void) => {
-                clearTimeout(timer)
-                waiters.delete(check)
-                then()
-              }
-              waiters.add(check)
-              check()
-            }),
-          close: () => req.destroy()
-        })
-      }
-    )
-    req.on("error", (error) => (ended ? undefined : reject(error)))
-    req.end()
-  })
-
 const streams: Array<Stream> = []
 const track = async (stream: Promise<Stream>) => {
   const s = await stream
@@ -163,7 +79,7 @@ describe("results stream", () => {
     const id = pollId("first")
     for (const option of ["A", "A", "B"]) expect((await batchedA.vote(id, option)).status).toBe(200)
     const opened = Date.now()
-    const stream = await track(openStream(batchedA, id))
+    const stream = await track(openStream(batchedA.port, id))
     expect(stream.status).toBe(200)
     expect(stream.contentType).toMatch(/^text\/event-stream/)
     const first = await stream.waitFor(() => true, { timeoutMs: 1000, what: "the first event" })
@@ -173,7 +89,7 @@ describe("results stream", () => {
 
   it("sends an event when a vote changes the results", async () => {
     const id = pollId("vote")
-    const stream = await track(openStream(batchedA, id))
+    const stream = await track(openStream(batchedA.port, id))
     await stream.waitFor((d) => total(d.results) === 0, { what: "the empty first event" })
     const from = stream.events.length
     const voted = Date.now()
@@ -194,7 +110,7 @@ describe("results stream", () => {
       ]
     })
     expect(created.status).toBe(201)
-    const stream = await track(openStream(batchedA, id))
+    const stream = await track(openStream(batchedA.port, id))
     const first = await stream.waitFor(() => true, { what: "the first event" })
     expect(first.data).toEqual({
       poll_id: id,
@@ -227,7 +143,7 @@ describe("results stream", () => {
       ]
     })
     expect(created.status).toBe(201)
-    const stream = await track(openStream(batchedB, id))
+    const stream = await track(openStream(batchedB.port, id))
     await stream.waitFor((d) => d.closed === false, { what: "the open poll" })
     const from = stream.events.length
     expect((await close(batchedA, id, created)).status).toBe(200)
@@ -236,7 +152,7 @@ describe("results stream", () => {
 
   it("sends at most about 10 events per second during a burst of 300 votes, and ends on the exact count", async () => {
     const id = pollId("burst")
-    const stream = await track(openStream(batchedA, id))
+    const stream = await track(openStream(batchedA.port, id))
     await stream.waitFor(() => true, { what: "the first event" })
     const from = stream.events.length
     // 30 waves of 10 concurrent votes, 40 ms apart: every wave changes the results, for over a second.
@@ -263,7 +179,7 @@ describe("results stream", () => {
 
   it("a vote through one batched instance reaches a stream held on another within a flush interval plus 1 s", async () => {
     const id = pollId("fanout")
-    const stream = await track(openStream(batchedB, id))
+    const stream = await track(openStream(batchedB.port, id))
     await stream.waitFor(() => true, { what: "the first event" })
     for (const [n, option] of ["A", "B"].entries()) {
       const from = stream.events.length
@@ -288,7 +204,7 @@ describe("results stream", () => {
       }
     }
     const polls = [onShard("node_a"), onShard("node_b")]
-    const opened = await Promise.all(polls.map((id) => track(openStream(fullB, id))))
+    const opened = await Promise.all(polls.map((id) => track(openStream(fullB.port, id))))
     await Promise.all(opened.map((s) => s.waitFor(() => true, { what: "the first event" })))
     // The streams' first reads left a snapshot in fullB's cache; a vote through fullA must still reach them.
     for (const [i, id] of polls.entries()) {
@@ -312,7 +228,7 @@ describe("results stream", () => {
   it("streams closed by their clients are freed, and the instance keeps serving", async () => {
     const id = pollId("many")
     const baseline = connectionsOn(batchedA.port)
-    const many = await Promise.all(Array.from({ length: 200 }, () => openStream(batchedA, id)))
+    const many = await Promise.all(Array.from({ length: 200 }, () => openStream(batchedA.port, id)))
     await Promise.all(many.map((s) => s.waitFor(() => true, { what: "the first event" })))
     expect(connectionsOn(batchedA.port)).toBeGreaterThanOrEqual(baseline + 200)
 
@@ -324,7 +240,7 @@ describe("results stream", () => {
 
     // A vote signals the poll whose streams are all gone; a new stream works as before.
     expect((await batchedA.vote(id, "A")).status).toBe(200)
-    const fresh = await track(openStream(batchedA, id))
+    const fresh = await track(openStream(batchedA.port, id))
     expect((await fresh.waitFor(() => true, { what: "the first event" })).data.results).toEqual({ A: 1 })
     const from = fresh.events.length
     expect((await batchedA.vote(id, "A")).status).toBe(200)

@@ -3,7 +3,6 @@ import { Cause, ConfigProvider, Duration, Effect, Either, Exit, Fiber, TestClock
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs"
 import { availableParallelism, tmpdir } from "node:os"
 import { join } from "node:path"
-import { afterAll, beforeAll } from "vitest"
 import { AppConfig, parseWorkers } from "../src/Config.js"
 import {
   type Fork,
@@ -15,9 +14,9 @@ import {
   WORKER_INDEX,
   WorkersFailed
 } from "../src/Workers.js"
-import { type App, rawRequest, runToExit, startApp } from "./support/app.js"
+import { type App, rawRequest, runToExit } from "./support/app.js"
 import { storedCounts, total } from "./support/load.js"
-import { type RedisServer, startRedis } from "./support/redis.js"
+import { appsOnRedis } from "./support/onRedis.js"
 import { eventually } from "./support/wait.js"
 
 const load = (env: Record<string, string>) =>
@@ -265,24 +264,13 @@ describe("the primary (fake workers, virtual time)", () => {
 })
 
 // The app itself, as processes: a primary and two workers over a throwaway redis-server.
-let redis: RedisServer
-const apps: Array<App> = []
-
-beforeAll(async () => {
-  redis = await startRedis()
-})
-
-afterAll(async () => {
-  await Promise.all(apps.map((a) => a.kill()))
-  await redis?.stop()
-})
+const { redis, start: startOnRedis } = appsOnRedis()
 
 const start = async (env: Record<string, string>) => {
-  const app = await startApp({
+  const app = await startOnRedis({
     env: {
       WORKERS: "2",
       POLL_STAGE: "batched",
-      REDIS_URL: redis.url,
       // No timed flush within the test: whatever Redis holds came from the shutdown flushes or a replay.
       FLUSH_INTERVAL_MS: "60000",
       // An access line per vote, with its request id: the worker that answered it.
@@ -291,7 +279,6 @@ const start = async (env: Record<string, string>) => {
     },
     readyTimeoutMs: 40_000
   })
-  apps.push(app)
   // Connections go only to workers that listen: wait for both.
   await eventually(async () => (listening(app).size === 2 ? true : undefined), {
     timeoutMs: 40_000,
@@ -353,7 +340,7 @@ const perWorker = async (app: App, ids: ReadonlyArray<string>) => {
   return counts
 }
 
-const stored = async (poll: string) => total(await storedCounts(redis, [poll]))
+const stored = async (poll: string) => total(await storedCounts(redis(), [poll]))
 
 describe("WORKERS=2 as processes (batched stage)", () => {
   it("both workers answer on the shared port; one killed with -9 is replaced and replays its journal; SIGTERM to the primary flushes every worker, each 200 counted once", async () => {

@@ -1,5 +1,5 @@
 import { mkdtempSync, rmSync } from "node:fs"
-import { createServer, request as httpRequest } from "node:http"
+import { createServer } from "node:http"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -19,6 +19,7 @@ import {
 } from "../support/balancer.js"
 import { storedCounts, total } from "../support/load.js"
 import { freePort, type RedisServer, startRedis } from "../support/redis.js"
+import { openStream } from "../support/stream.js"
 import { eventually, sleep } from "../support/wait.js"
 
 /**
@@ -275,7 +276,9 @@ describe("three full-stage instances behind a load balancer", () => {
     const held = await Promise.all(polls.map((id) => openStream(holder.app.port, id)))
     const proxied = await Promise.all(polls.map((id) => openStream(nginx.port, id)))
     try {
-      await Promise.all([...held, ...proxied].map((s) => s.waitFor(() => true, "the first event", 2000)))
+      await Promise.all(
+        [...held, ...proxied].map((s) => s.waitFor(() => true, { what: "the first event", timeoutMs: 2000 }))
+      )
       const senders: ReadonlyArray<Sender> = [
         ...others.map((o) => ({ via: o.name, send: (id: string) => o.app.vote(id, "A"), landsOn: [o] })),
         {
@@ -294,7 +297,7 @@ describe("three full-stage instances behind a load balancer", () => {
             ["nginx", proxied[p]!]
           ] as const) {
             const what = `vote ${n + 1} on ${id} via ${via}, on the stream through ${on}`
-            const event = await stream.waitFor((d) => d.results.A === n + 1, what, bound + 1000)
+            const event = await stream.waitFor((d) => d.results.A === n + 1, { what, timeoutMs: bound + 1000 })
             expect(event.at - voted, what).toBeLessThanOrEqual(bound)
           }
         }
@@ -388,60 +391,3 @@ interface Sender {
 
 const summary = (reply: Reply) =>
   `${reply.status} ${reply.json?.error ?? reply.text}${fromBalancer(reply) ? " (balancer)" : ""}`
-
-interface Stream {
-  readonly waitFor: (
-    test: (data: any) => boolean,
-    what: string,
-    timeoutMs: number
-  ) => Promise<{ at: number; data: any }>
-  readonly close: () => void
-}
-
-/** `GET /api/v1/polls/{id}/stream` on one instance, its `results` events as they arrive. */
-const openStream = (port: number, pollId: string): Promise<Stream> =>
-  new Promise((resolve, reject) => {
-    const events: Array<{ at: number; data: any }> = []
-    const waiters = new Set<() => void>()
-    const req = httpRequest(
-      { host: "127.0.0.1", port, path: `/api/v1/polls/${pollId}/stream`, agent: false },
-      (res) => {
-        let buffer = ""
-        res.setEncoding("utf8")
-        res.on("data", (chunk: string) => {
-          buffer += chunk
-          for (let end = buffer.indexOf("\n\n"); end !== -1; end = buffer.indexOf("\n\n")) {
-            const frame = buffer.slice(0, end).split("\n")
-            buffer = buffer.slice(end + 2)
-            const data = frame.filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim())
-            if (frame.includes("event: results") && data.length > 0) {
-              events.push({ at: Date.now(), data: JSON.parse(data.join("\n")) })
-              waiters.forEach((w) => w())
-            }
-          }
-        })
-        res.on("error", () => {})
-        resolve({
-          waitFor: (test, what, timeoutMs) =>
-            new Promise((found, fail) => {
-              const check = () => {
-                const hit = events.find((e) => test(e.data))
-                if (hit === undefined) return
-                clearTimeout(timer)
-                waiters.delete(check)
-                found(hit)
-              }
-              const timer = setTimeout(() => {
-                waiters.delete(check)
-                fail(new Error(`no ${what} within ${timeoutMs} ms; events: ${JSON.stringify(events)}`))
-              }, timeoutMs)
-              waiters.add(check)
-              check()
-            }),
-          close: () => req.destroy()
-        })
-      }
-    )
-    req.on("error", reject)
-    req.end()
-  })

@@ -1,37 +1,21 @@
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { type App, startApp } from "../support/app.js"
+import { describe, expect, it } from "vitest"
 import { type LoadReport, runLoad, storedCounts, total } from "../support/load.js"
+import { appsOnRedis } from "../support/onRedis.js"
 import { eventually, sleep } from "../support/wait.js"
-import { type RedisServer, startRedis } from "../support/redis.js"
 
 const FLUSH_MS = 400
 const OPTIONS = ["A", "B", "C"]
 
-let redis: RedisServer
-const apps: Array<App> = []
+const { redis, start: startOnRedis } = appsOnRedis()
 
-beforeAll(async () => {
-  redis = await startRedis()
-})
-
-afterAll(async () => {
-  await Promise.all(apps.map((a) => a.kill()))
-  await redis?.stop()
-})
-
-const start = async (env: Record<string, string> = {}) => {
-  const app = await startApp({
-    env: { POLL_STAGE: "batched", REDIS_URL: redis.url, FLUSH_INTERVAL_MS: String(FLUSH_MS), ...env }
-  })
-  apps.push(app)
-  return app
-}
+const start = (env: Record<string, string> = {}) =>
+  startOnRedis({ env: { POLL_STAGE: "batched", FLUSH_INTERVAL_MS: String(FLUSH_MS), ...env } })
 
 /** What Redis holds for these polls, as `poll/option` -> count. */
-const stored = (polls: ReadonlyArray<string>) => storedCounts(redis, polls)
+const stored = (polls: ReadonlyArray<string>) => storedCounts(redis(), polls)
 
 /** Every promised vote is in Redis exactly once: per poll and option, stored equals accepted. */
 const expectExactlyAccepted = async (polls: ReadonlyArray<string>, report: LoadReport) => {
@@ -53,9 +37,9 @@ describe("batched stage under faults: Redis ends with exactly the votes answered
     const polls = pollsFor("restart")
     const load = runLoad(() => app, { polls, options: OPTIONS, clients: 16, until: sleep(3000) })
     await sleep(700)
-    await redis.halt()
+    await redis().halt()
     await sleep(FLUSH_MS * 3)
-    await redis.start()
+    await redis().start()
     const report = await load
     expect(report.acceptedTotal).toBeGreaterThan(200)
     expect(report.unanswered).toBe(0)
@@ -68,7 +52,7 @@ describe("batched stage under faults: Redis ends with exactly the votes answered
   it("CLIENT PAUSE longer than the command timeout during flushes: late applies are not doubled", async () => {
     const app = await start()
     const polls = pollsFor("pause")
-    const admin = redis.client()
+    const admin = redis().client()
     const load = runLoad(() => app, { polls, options: OPTIONS, clients: 16, until: sleep(4000) })
     await sleep(600)
     // Writes wait 2.5 s: longer than the 1.5 s command timeout, so in-flight batches fail on the client and then

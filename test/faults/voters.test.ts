@@ -1,6 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { type App, startApp } from "../support/app.js"
-import { type RedisServer, startRedis } from "../support/redis.js"
+import { describe, expect, it } from "vitest"
+import type { App } from "../support/app.js"
+import { appsOnRedis } from "../support/onRedis.js"
 import { sleep } from "../support/wait.js"
 
 /**
@@ -11,17 +11,7 @@ import { sleep } from "../support/wait.js"
 
 const OPTIONS = ["A", "B", "C"]
 
-let redis: RedisServer
-const apps: Array<App> = []
-
-beforeAll(async () => {
-  redis = await startRedis()
-})
-
-afterAll(async () => {
-  await Promise.all(apps.map((a) => a.kill()))
-  await redis?.stop()
-})
+const { redis, start: startOnRedis } = appsOnRedis()
 
 interface Outcome {
   /** Each voter's option, once its vote was answered 200. */
@@ -75,8 +65,7 @@ const voteUntil = async (
 
 describe.each(["redis", "batched"])("one vote per voter, %s stage, node stalled past the command timeout", (stage) => {
   it("a 503 leaves no record: every retry is counted once, and nothing else is", async () => {
-    const app = await startApp({ env: { POLL_STAGE: stage, REDIS_URL: redis.url, FLUSH_INTERVAL_MS: "300" } })
-    apps.push(app)
+    const app = await startOnRedis({ env: { POLL_STAGE: stage, FLUSH_INTERVAL_MS: "300" } })
     const pollId = `stall-${stage}`
     const created = await app.request(
       "POST",
@@ -89,7 +78,7 @@ describe.each(["redis", "batched"])("one vote per voter, %s stage, node stalled 
       })
     )
     expect(created.status).toBe(201)
-    const admin = redis.client()
+    const admin = redis().client()
     const outcome = voteUntil(app, pollId, 12, sleep(4500))
     await sleep(500)
     // Writes wait 2.5 s, past the 1.5 s command timeout: the votes sent meanwhile get 503, and their commands reach
@@ -120,10 +109,9 @@ describe.each(["redis", "batched"])("one vote per voter, %s stage, node stalled 
 
 describe("ad-hoc votes, redis stage (write-through), node stalled past the command timeout", () => {
   it("a vote answered 503 is not counted when its command reaches the node late: retries count exactly once", async () => {
-    const app = await startApp({ env: { POLL_STAGE: "redis", REDIS_URL: redis.url } })
-    apps.push(app)
+    const app = await startOnRedis({ env: { POLL_STAGE: "redis" } })
     const pollId = "stall-adhoc"
-    const admin = redis.client()
+    const admin = redis().client()
     const outcome = voteUntil(app, pollId, 12, sleep(4500), false)
     await sleep(500)
     await admin.call("CLIENT", "PAUSE", "2500", "WRITE")

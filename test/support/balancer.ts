@@ -4,8 +4,10 @@ import { createConnection } from "node:net"
 import { tmpdir } from "node:os"
 import { delimiter, join } from "node:path"
 import { createInterface } from "node:readline"
-import { type Reply, toReply } from "./app.js"
+import type { Reply } from "./app.js"
+import { type LoadOptions, voteLoops } from "./load.js"
 import { freePort } from "./redis.js"
+import { type Requester, requestTo } from "./request.js"
 import { eventually, sleep } from "./wait.js"
 
 /**
@@ -35,12 +37,7 @@ export interface Front {
   readonly baseUrl: string
   /** The balancer's own stdout and stderr. */
   readonly output: () => string
-  readonly request: (
-    method: string,
-    path: string,
-    body?: string,
-    headers?: Readonly<Record<string, string>>
-  ) => Promise<Reply>
+  readonly request: Requester
   readonly stop: () => Promise<void>
 }
 
@@ -112,10 +109,7 @@ const frontOn = (port: number, balancer: ReturnType<typeof launch>): Front => {
     port,
     baseUrl,
     output: balancer.output,
-    request: async (method, path, body, headers = {}) => {
-      const init = body === undefined ? { method, headers } : { method, body, headers }
-      return toReply(await fetch(`${baseUrl}${path}`, init))
-    },
+    request: requestTo(baseUrl),
     stop: balancer.stop
   }
 }
@@ -305,11 +299,7 @@ export interface BalancedLoad {
  */
 export const runBalancedLoad = async (
   balancer: Balancer,
-  options: {
-    readonly polls: ReadonlyArray<string>
-    readonly options: ReadonlyArray<string>
-    readonly clients: number
-    readonly until: Promise<unknown>
+  options: LoadOptions & {
     /** Each client's pause after each vote, to leave the machine room for the instances' restarts. */
     readonly pauseMs?: number
   }
@@ -319,37 +309,28 @@ export const runBalancedLoad = async (
   const wrong: Array<string> = []
   let refused = 0
   let unreached = 0
-  let done = false
-  void options.until.then(() => (done = true))
-  let sequence = 0
-  const client = async () => {
-    while (!done) {
-      const n = sequence++
-      const poll = options.polls[n % options.polls.length]!
-      const option = options.options[Math.floor(n / options.polls.length) % options.options.length]!
-      const key = `${poll}/${option}`
-      const body = JSON.stringify({ option_id: option })
-      for (;;) {
-        let outcome: Outcome
-        let reply: Reply | undefined
-        try {
-          reply = await balancer.request("POST", `/api/v1/vote/${poll}`, body)
-          outcome = outcomeOf(reply)
-        } catch {
-          outcome = "unanswered"
-        }
-        if (outcome === "accepted") accepted.set(key, (accepted.get(key) ?? 0) + 1)
-        else if (outcome === "refused") refused++
-        else if (outcome === "unreached") unreached++
-        else if (outcome === "wrong") wrong.push(`${reply?.status} ${reply?.text}`)
-        else cutOffs.push({ key, at: Date.now(), outcome })
-        if (outcome === "accepted" || outcome === "wrong" || done) break
-        await sleep(10)
+  await voteLoops(options, async (poll, option, done) => {
+    const key = `${poll}/${option}`
+    const body = JSON.stringify({ option_id: option })
+    for (;;) {
+      let outcome: Outcome
+      let reply: Reply | undefined
+      try {
+        reply = await balancer.request("POST", `/api/v1/vote/${poll}`, body)
+        outcome = outcomeOf(reply)
+      } catch {
+        outcome = "unanswered"
       }
-      if (options.pauseMs !== undefined) await sleep(options.pauseMs)
+      if (outcome === "accepted") accepted.set(key, (accepted.get(key) ?? 0) + 1)
+      else if (outcome === "refused") refused++
+      else if (outcome === "unreached") unreached++
+      else if (outcome === "wrong") wrong.push(`${reply?.status} ${reply?.text}`)
+      else cutOffs.push({ key, at: Date.now(), outcome })
+      if (outcome === "accepted" || outcome === "wrong" || done()) break
+      await sleep(10)
     }
-  }
-  await Promise.all(Array.from({ length: options.clients }, client))
+    if (options.pauseMs !== undefined) await sleep(options.pauseMs)
+  })
   const acceptedTotal = [...accepted.values()].reduce((a, b) => a + b, 0)
   return { accepted, acceptedTotal, unreached, refused, cutOffs, wrong }
 }

@@ -12,22 +12,22 @@ export interface LoadReport {
   readonly unanswered: number
 }
 
+export interface LoadOptions {
+  readonly polls: ReadonlyArray<string>
+  readonly options: ReadonlyArray<string>
+  readonly clients: number
+  readonly until: Promise<unknown>
+}
+
 /**
- * Votes from `clients` concurrent loops over `polls` x `options` until `until` resolves. Each loop sends one vote at
- * a time and records its outcome, so the report says exactly which votes were promised.
+ * `clients` concurrent loops until `until` resolves, each sending one vote at a time: every poll in turn with one
+ * option, then every poll with the next option, the loops taking the next vote of that one sequence. `send` gets to
+ * know whether the load is done, for a vote it sends again.
  */
-export const runLoad = async (
-  app: () => App,
-  options: {
-    readonly polls: ReadonlyArray<string>
-    readonly options: ReadonlyArray<string>
-    readonly clients: number
-    readonly until: Promise<unknown>
-  }
-): Promise<LoadReport> => {
-  const accepted = new Map<string, number>()
-  let refused = 0
-  let unanswered = 0
+export const voteLoops = async (
+  options: LoadOptions,
+  send: (poll: string, option: string, done: () => boolean) => Promise<void>
+): Promise<void> => {
   let done = false
   void options.until.then(() => (done = true))
   let sequence = 0
@@ -36,17 +36,30 @@ export const runLoad = async (
       const n = sequence++
       const poll = options.polls[n % options.polls.length]!
       const option = options.options[Math.floor(n / options.polls.length) % options.options.length]!
-      try {
-        const reply = await app().vote(poll, option)
-        if (reply.status === 200) accepted.set(`${poll}/${option}`, (accepted.get(`${poll}/${option}`) ?? 0) + 1)
-        else refused++
-      } catch {
-        unanswered++
-        await sleep(20)
-      }
+      await send(poll, option, () => done)
     }
   }
   await Promise.all(Array.from({ length: options.clients }, client))
+}
+
+/**
+ * Votes from `clients` concurrent loops over `polls` x `options` until `until` resolves. Each loop sends one vote at
+ * a time and records its outcome, so the report says exactly which votes were promised.
+ */
+export const runLoad = async (app: () => App, options: LoadOptions): Promise<LoadReport> => {
+  const accepted = new Map<string, number>()
+  let refused = 0
+  let unanswered = 0
+  await voteLoops(options, async (poll, option) => {
+    try {
+      const reply = await app().vote(poll, option)
+      if (reply.status === 200) accepted.set(`${poll}/${option}`, (accepted.get(`${poll}/${option}`) ?? 0) + 1)
+      else refused++
+    } catch {
+      unanswered++
+      await sleep(20)
+    }
+  })
   let acceptedTotal = 0
   for (const n of accepted.values()) acceptedTotal += n
   return { accepted, acceptedTotal, refused, unanswered }

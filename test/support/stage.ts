@@ -1,29 +1,19 @@
 import { afterAll, beforeAll, expect } from "vitest"
 import type { Stage } from "../../src/Config.js"
-import { type Reply, toReply } from "./app.js"
+import type { Reply } from "./app.js"
 import { type InProcessApp, startInProcess } from "./inProcess.js"
 import { type RedisServer, startRedis } from "./redis.js"
+import { type Requester, requestTo } from "./request.js"
 
 /** One stage served in this process (see `startInProcess`), with a `request` that reads the answer as `App`'s does. */
 export interface InProcessStage extends InProcessApp {
-  readonly request: (
-    method: string,
-    path: string,
-    body?: string,
-    headers?: Readonly<Record<string, string>>
-  ) => Promise<Reply>
+  readonly request: Requester
 }
 
 /** `env` is the configuration, as the app would read it from its environment; `stage` its `POLL_STAGE`. */
 export const startStage = async (stage: Stage, env: Readonly<Record<string, string>> = {}): Promise<InProcessStage> => {
   const app = await startInProcess({ ...env, POLL_STAGE: stage })
-  return {
-    ...app,
-    request: async (method, path, body, headers = {}) => {
-      const init = body === undefined ? { method, headers } : { method, body, headers }
-      return toReply(await fetch(`${app.baseUrl}${path}`, init))
-    }
-  }
+  return { ...app, request: requestTo(app.baseUrl) }
 }
 
 export interface StagesOnTwoNodes {
