@@ -29,9 +29,11 @@ export const readAll = async (clients: ReadonlyArray<Redis>): Promise<CommandCou
 
 /**
  * Commands that are not the app's work: this harness's own INFO, FLUSHALL, ECHO markers and MONITOR, and connection
- * bookkeeping (ioredis sends INFO as its ready check; QUIT at shutdown).
+ * bookkeeping (ioredis sends INFO as its ready check; QUIT at shutdown), and a replica's REPLCONF acknowledgements to
+ * its master (once a second, and when a WAIT asks).
  */
-const NOT_WORK = /^(info|flushall|echo|monitor|reset|quit|hello|select|client(\|.*)?|command(\|.*)?|config(\|.*)?)$/
+const NOT_WORK =
+  /^(info|flushall|echo|monitor|reset|quit|hello|select|replconf|client(\|.*)?|command(\|.*)?|config(\|.*)?)$/
 
 /** Script entry points: one client round trip each, however many commands the script runs inside. */
 const SCRIPTS = /^(eval|evalsha|eval_ro|evalsha_ro|fcall|fcall_ro)$/

@@ -8,7 +8,11 @@ import { fileURLToPath } from "node:url"
 import { buildSync } from "esbuild"
 import { Redis } from "ioredis"
 import { freePort } from "../test/support/redis.js"
+import { freeNodePorts } from "../test/support/cluster.js"
 import * as Config from "../src/Config.js"
+import * as DevCluster from "../scripts/cluster.js"
+import { ask } from "../scripts/redis.js"
+import { runsAs, type Stage } from "./options.js"
 import * as Pin from "./pin.js"
 import { setTimeout as sleep } from "node:timers/promises"
 
@@ -149,6 +153,8 @@ const connect = (port: number) => {
   return client
 }
 
+const versionOf = (info: string) => /redis_version:(\S+)/.exec(info)?.[1] ?? "unknown"
+
 /** A throwaway redis-server on a free loopback port, AOF on, in a temporary directory removed on stop. */
 export const startRedis = async (name: string, fsync: "everysec" | "always"): Promise<RedisNode> => {
   const port = await freePort()
@@ -172,8 +178,7 @@ export const startRedis = async (name: string, fsync: "everysec" | "always"): Pr
     await sleep(50)
   }
   await admin.connect()
-  const info = await admin.info("server")
-  const version = /redis_version:(\S+)/.exec(info)?.[1] ?? "unknown"
+  const version = versionOf(await admin.info("server"))
   return {
     name,
     pid: child.pid,
@@ -186,6 +191,121 @@ export const startRedis = async (name: string, fsync: "everysec" | "always"): Pr
       await stop()
     }
   }
+}
+
+export interface RedisCluster {
+  /** The masters, as the cluster was created: what the app's commands reach, and what the counts are read from. */
+  readonly masters: ReadonlyArray<RedisNode>
+  /** Every node, masters and replicas, by client port. */
+  readonly ports: ReadonlyArray<number>
+  readonly version: string
+  readonly stop: () => Promise<void>
+}
+
+/** Whether every node's CLUSTER SLOTS names a replica beside the master of every range. */
+const listsReplicas = async (ports: ReadonlyArray<number>) => {
+  for (const port of ports) {
+    const ranges = await ask(port, (c) => c.call("CLUSTER", "SLOTS") as Promise<Array<ReadonlyArray<unknown>>>)
+    // [first slot, last slot, master, replica, ...]
+    if (ranges === undefined || ranges.length === 0 || ranges.some((range) => range.length < 4)) return false
+  }
+  return true
+}
+
+/** How long the nodes may take to form the cluster and bring every replica in sync. */
+const CLUSTER_READY_MS = 30_000
+
+/**
+ * A throwaway Redis Cluster like the dev one (`npm run dev -- --cluster`, scripts/cluster.ts): 3 masters and a
+ * replica each, with its nodes' settings (AOF on, `appendfsync` as the standalone nodes have it), on free ports, each
+ * node in a temporary directory removed on stop; created with `redis-cli --cluster create`, and ready once every node
+ * agrees on the layout and every replica is in sync. Its masters each get an admin connection, as a standalone node.
+ */
+export const startCluster = async (fsync: "everysec" | "always"): Promise<RedisCluster> => {
+  const ports = await freeNodePorts(DevCluster.DEFAULT_PORTS.length)
+  const nodes: Array<{ readonly port: number; readonly dir: string; readonly child: Child }> = []
+  const admins: Array<Redis> = []
+  const stop = async () => {
+    for (const admin of admins) admin.disconnect()
+    await Promise.all(nodes.map((n) => n.child.stop(5000)))
+    for (const n of nodes) rmSync(n.dir, { recursive: true, force: true })
+  }
+  const remove = onStop(stop)
+  const fail = async (why: string, lines: ReadonlyArray<string>): Promise<never> => {
+    await stop()
+    remove()
+    throw new Error(
+      `the Redis Cluster on ${ports.join(",")} did not start: ${why}${lines.length > 0 ? `:\n${tail(lines)}` : ""}`
+    )
+  }
+  for (const port of ports) {
+    const dir = mkdtempSync(join(tmpdir(), `livepoll-bench-cluster-${port}-`))
+    const args = DevCluster.nodeArgs(port, dir, [["--appendfsync", fsync]])
+    nodes.push({ port, dir, child: await launch("redis-server", args, process.env) })
+  }
+  const deadline = Date.now() + CLUSTER_READY_MS
+  for (const node of nodes) {
+    while (!(await listening(node.port))) {
+      if (node.child.exited() || Date.now() > deadline) await fail(`:${node.port} is not listening`, node.child.lines)
+      await sleep(50)
+    }
+  }
+  // Every node listens by now: a failure from here on stops them all.
+  const create = await launch("redis-cli", DevCluster.createArgs(ports), process.env).catch((error: Error) =>
+    fail(`every node listened, then redis-cli --cluster create could not run: ${error.message}`, [])
+  )
+  if ((await create.exit) !== 0) await fail("redis-cli --cluster create failed", create.lines)
+  let ready = await DevCluster.readiness(ports)
+  while (!("masters" in ready)) {
+    if (Date.now() > deadline) await fail(`not ready within ${CLUSTER_READY_MS / 1000} s: ${ready.waiting}`, [])
+    const gone = nodes.find((n) => n.child.exited())
+    if (gone !== undefined) await fail(`:${gone.port} exited`, gone.child.lines)
+    await sleep(100)
+    ready = await DevCluster.readiness(ports)
+  }
+  const masters: Array<RedisNode> = []
+  for (const master of ready.masters) {
+    const admin = connect(master.port)
+    admins.push(admin)
+    await admin.connect()
+    masters.push({
+      name: `cluster-${master.port}`,
+      pid: nodes.find((n) => n.port === master.port)!.child.pid,
+      port: master.port,
+      url: `redis://127.0.0.1:${master.port}`,
+      admin,
+      version: versionOf(await admin.info("server")),
+      // The cluster's nodes stop together.
+      stop: async () => {}
+    })
+  }
+  // What the app reads to decide REDIS_WAIT_REPLICAS when unset, CLUSTER SLOTS, lists a replica only once the
+  // answering node has heard that it replicated something (a replication offset above 0): a new cluster's replicas
+  // have nothing yet, and the app would wait for none. A write to each master, then until every node lists them.
+  await Promise.all(masters.map((m) => m.admin.flushall()))
+  while (!(await listsReplicas(ports))) {
+    if (Date.now() > deadline)
+      await fail(`CLUSTER SLOTS did not list every master's replica within ${CLUSTER_READY_MS / 1000} s`, [])
+    await sleep(100)
+  }
+  return {
+    masters,
+    ports,
+    version: masters[0]?.version ?? "unknown",
+    stop: async () => {
+      remove()
+      await stop()
+    }
+  }
+}
+
+/**
+ * Replicas each flushed batch waits for, as the app says at start in the cluster stage (`REDIS_WAIT_REPLICAS`, or
+ * what it made of the setting unset); undefined for the other stages.
+ */
+export const waitReplicasOf = (output: string): number | undefined => {
+  const found = /a flushed batch is confirmed once (\d+) replica/.exec(output)?.[1]
+  return found === undefined ? undefined : Number(found)
 }
 
 /** The variables the app reads: each run states its own and inherits none from the shell. */
@@ -309,9 +429,15 @@ export const snapshotBuild = (): string => {
  * turn away, and the peers have none.
  */
 const RATE_LIMITS_ON = { RATE_LIMIT: "on", RATE_LIMIT_CLIENT: "1000000000", RATE_LIMIT_VOTER: "1000000000" }
-export const envOf = (stage: string, nodes: ReadonlyArray<RedisNode>, rateLimits = false) => {
-  const env: Record<string, string> = { POLL_STAGE: stage, ...(rateLimits ? RATE_LIMITS_ON : { RATE_LIMIT: "off" }) }
-  if (nodes.length > 0) {
+export const envOf = (stage: Stage, nodes: ReadonlyArray<RedisNode>, rateLimits = false) => {
+  const { pollStage, settings } = runsAs(stage)
+  const env: Record<string, string> = {
+    POLL_STAGE: pollStage,
+    ...settings,
+    ...(rateLimits ? RATE_LIMITS_ON : { RATE_LIMIT: "off" })
+  }
+  if (pollStage === "cluster") env.REDIS_CLUSTER = nodes.map((n) => n.url).join(",")
+  else if (nodes.length > 0) {
     env.REDIS_URL = nodes[0]!.url
     env.REDIS_NODES = nodes.map((n) => n.url).join(",")
   }
@@ -322,7 +448,7 @@ export const envOf = (stage: string, nodes: ReadonlyArray<RedisNode>, rateLimits
  * `node dist/main.js` for one stage, with the default cache TTL and flush interval. Ready once `GET /` answers and,
  * with Redis behind it, `GET /health` too (the listener opens before the first Redis connection is made).
  */
-export const startApp = (stage: string, nodes: ReadonlyArray<RedisNode>, rateLimits = false): Promise<Server> =>
+export const startApp = (stage: Stage, nodes: ReadonlyArray<RedisNode>, rateLimits = false): Promise<Server> =>
   startServer(
     `the app (${stage})`,
     process.execPath,
@@ -332,7 +458,7 @@ export const startApp = (stage: string, nodes: ReadonlyArray<RedisNode>, rateLim
   )
 
 /** The peer of a stage (bench/peers/fastify.ts), configured as the app is; it is up once listening. */
-export const startPeer = (stage: string, nodes: ReadonlyArray<RedisNode>): Promise<Server> =>
+export const startPeer = (stage: Stage, nodes: ReadonlyArray<RedisNode>): Promise<Server> =>
   startServer(`the Fastify peer (${stage})`, process.execPath, [compiled("peers/fastify.ts")], envOf(stage, nodes), [
     "/"
   ])

@@ -10,8 +10,12 @@ export interface Row {
    * pipelined` (HGETALL for reads).
    */
   readonly name: string
-  /** The stage a row of the app or of a peer runs; null for the baselines. */
+  /** The stage a row of the app or of a peer runs, as `--stages` names it; null for the baselines. */
   readonly stage: string | null
+  /** The settings a variant adds to its stage's own (`cluster-wait0`: `REDIS_WAIT_REPLICAS=0`). */
+  readonly settings?: Readonly<Record<string, string>>
+  /** The cluster stages: replicas each flushed batch waited for (`WAIT`), as the app said at start. */
+  readonly waitReplicas?: number
   readonly workload: string
   readonly connections: number
   readonly seconds: number
@@ -29,6 +33,8 @@ export interface Row {
   readonly peerCpuRatio: number | null
   /** Requests per second of each run of this server, in the order they ran; the row is the median run. */
   readonly runs?: ReadonlyArray<number>
+  /** CPU µs per 2xx answer of each of those runs, in the same order (null where the CPU could not be read). */
+  readonly cpuUsPerRequestRuns?: ReadonlyArray<number | null>
   readonly latencyMs: Latency | null
   readonly non2xx: number
   /** The non-2xx answers by status. */
@@ -232,6 +238,7 @@ export const formatMetrics = (
       "peak buffered votes",
       "flush batches",
       "failed",
+      "ms/batch",
       "cache hit ratio",
       "loop p99 ms"
     ],
@@ -246,6 +253,7 @@ export const formatMetrics = (
           s.peakBufferedVotes === null ? "-" : thousands(s.peakBufferedVotes),
           s.flushBatches === null ? "-" : String(s.flushBatches),
           s.flushFailures === null ? "-" : String(s.flushFailures),
+          fixed(s.meanFlushMs, 2),
           fixed(s.cacheHitRatio, 3),
           fixed(s.maxEventLoopP99Ms, 1)
         ]
@@ -260,6 +268,15 @@ export const formatMetrics = (
 export const medianRun = <A extends { readonly rps: number }>(runs: ReadonlyArray<A>): A => {
   if (runs.length === 0) throw new Error("no runs to take the median of")
   return [...runs].sort((a, b) => a.rps - b.rps)[Math.floor(runs.length / 2)]!
+}
+
+/**
+ * The median of some figures where less is better (CPU per answer); of an even number, the better (lower) of the
+ * middle two, as medianRun takes the better of its middle two. Nulls are left out; null when none is left.
+ */
+export const medianLow = (values: ReadonlyArray<number | null>): number | null => {
+  const known = values.filter((v): v is number => v !== null).sort((a, b) => a - b)
+  return known.length === 0 ? null : known[Math.ceil(known.length / 2) - 1]!
 }
 
 export const formatTargets = (targets: ReadonlyArray<Target>): string =>

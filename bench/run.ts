@@ -12,7 +12,17 @@ import * as Direct from "./direct.js"
 import * as Load from "./load.js"
 import * as Monitor from "./monitor.js"
 import * as Pin from "./pin.js"
-import { type Options, parse, PEER_STAGES, RSS_STAGES, type Stage, type ThroughputWorkload, usage } from "./options.js"
+import {
+  CLUSTER_STAGES,
+  type Options,
+  parse,
+  PEER_STAGES,
+  RSS_STAGES,
+  runsAs,
+  type Stage,
+  type ThroughputWorkload,
+  usage
+} from "./options.js"
 import * as Proc from "./proc.js"
 import * as Processes from "./processes.js"
 import * as Scrape from "./scrape.js"
@@ -22,7 +32,9 @@ import {
   formatRows,
   formatRss,
   formatTargets,
+  medianLow,
   medianRun,
+  microsPerRequest,
   relate,
   type Row,
   type RssCheck,
@@ -46,16 +58,22 @@ type Measured = Omit<Row, "ratio" | "peerRatio" | "cpuUsPerRequest" | "peerCpuRa
 interface Nodes {
   readonly first: Processes.RedisNode | undefined
   readonly second: Processes.RedisNode | undefined
+  readonly cluster: Processes.RedisCluster | undefined
 }
 
+/** The nodes a stage's commands reach: for the cluster stages its masters (the replicas only copy them). */
 const nodesOf = (stage: Stage, nodes: Nodes): Array<Processes.RedisNode> => {
   if (stage === "memory") return []
+  if (CLUSTER_STAGES.includes(stage)) return [...(nodes.cluster?.masters ?? [])]
   const picked = SHARDED.includes(stage) ? [nodes.first, nodes.second] : [nodes.first]
   return picked.filter((n): n is Processes.RedisNode => n !== undefined)
 }
 
+/** Every node emptied before each row; a master's FLUSHALL reaches its replica too. */
 const flushAll = (nodes: Nodes) =>
-  Promise.all([nodes.first, nodes.second].flatMap((n) => (n ? [n.admin.flushall()] : [])))
+  Promise.all(
+    [nodes.first, nodes.second, ...(nodes.cluster?.masters ?? [])].flatMap((n) => (n ? [n.admin.flushall()] : []))
+  )
 
 /** MONITOR on each node, unless `--no-monitor`. */
 const watchAll = (options: Options, nodes: ReadonlyArray<Processes.RedisNode>) =>
@@ -126,10 +144,13 @@ const measure = async (
     : null
   const first = samples[0]
   const last = samples.at(-1)
+  const waitReplicas = kind === "stage" ? Processes.waitReplicasOf(server.output()) : undefined
   return {
     kind,
     name,
     stage,
+    ...(stage === null || Object.keys(runsAs(stage).settings).length === 0 ? {} : { settings: runsAs(stage).settings }),
+    ...(waitReplicas === undefined ? {} : { waitReplicas }),
     workload,
     connections: options.connections,
     seconds: load.seconds,
@@ -326,7 +347,8 @@ const timeBudgetMs = (options: Options, throughputWorkloads: number, rssStages: 
   const servers = throughputWorkloads * (1 + options.repeat * perRound)
   const direct = throughputWorkloads * 2 * (options.duration + 5)
   const rss = rssStages * (options.rssMaxSeconds + 30)
-  return (2 * (servers * perServer + direct + rss) + 120) * 1000
+  const cluster = options.stages.some((s) => CLUSTER_STAGES.includes(s)) ? 60 : 0
+  return (2 * (servers * perServer + direct + rss + cluster) + 120) * 1000
 }
 
 const main = async (argv: ReadonlyArray<string>) => {
@@ -348,6 +370,8 @@ const main = async (argv: ReadonlyArray<string>) => {
     return 1
   }
   Processes.snapshotBuild()
+  // The commit of the build measured: taken when dist/ is copied aside, as HEAD may move during a long run.
+  const commit = git("rev-parse", "--short", "HEAD") ?? null
   // Before anything starts, so a bad --out fails at once.
   const out = resolve(Processes.ROOT, options.out)
   mkdirSync(out, { recursive: true })
@@ -375,7 +399,12 @@ const main = async (argv: ReadonlyArray<string>) => {
   const needFirst = throughput.length > 0 || [...options.stages, ...rssStages].some((s) => s !== "memory")
   const first = needFirst ? await Processes.startRedis("redis-1", options.fsync) : undefined
   const second = needSecond ? await Processes.startRedis("redis-2", options.fsync) : undefined
-  const nodes: Nodes = { first, second }
+  const needCluster = options.stages.some((s) => CLUSTER_STAGES.includes(s))
+  if (needCluster) log("starting a Redis Cluster of 3 masters and 3 replicas")
+  const cluster = needCluster ? await Processes.startCluster(options.fsync) : undefined
+  if (cluster !== undefined)
+    log(`the Redis Cluster is ready: masters ${cluster.masters.map((m) => `:${m.port}`).join(" ")}`)
+  const nodes: Nodes = { first, second, cluster }
 
   const rows: Array<Row> = []
   const peers = peered(options)
@@ -407,7 +436,11 @@ const main = async (argv: ReadonlyArray<string>) => {
     if (interrupted) break
     log(`workload ${workload}: ${BARE}, again`)
     bareRuns.push(await runBare(options, workload))
-    const median = (runs: ReadonlyArray<Measured>) => ({ ...medianRun(runs), runs: runs.map((r) => r.rps) })
+    const median = (runs: ReadonlyArray<Measured>) => ({
+      ...medianRun(runs),
+      runs: runs.map((r) => r.rps),
+      cpuUsPerRequestRuns: runs.map((r) => microsPerRequest(r.cpuCores, r.rps))
+    })
     const bare = median(bareRuns)
     const measured: Array<Measured> = [bare]
     if (fiberRuns.length > 0) measured.push(median(fiberRuns))
@@ -438,8 +471,8 @@ const main = async (argv: ReadonlyArray<string>) => {
   const report = {
     date: new Date().toISOString(),
     command: `npm run bench${argv.length > 0 ? ` -- ${argv.join(" ")}` : ""}`,
-    commit: git("rev-parse", "--short", "HEAD") ?? null,
-    machine: machine(first?.version ?? second?.version, pinning),
+    commit,
+    machine: machine(first?.version ?? second?.version ?? cluster?.version, pinning),
     options: { ...options, threads },
     definitions: {
       rps: "2xx answers per second over the measured window (direct ioredis: commands per second)",
@@ -450,13 +483,15 @@ const main = async (argv: ReadonlyArray<string>) => {
         "rps divided by the bare node:http server's rps for the same workload in this run. Each server runs `repeat` times in rounds (bare, the bare server with a fiber per request unless --no-fiber-baseline, then each stage followed by its peer unless --no-peers), and the bare server once more at the end; each row is its server's median run by rps (of an even number, the better of the middle two), and runs lists every run's rps",
       peerRatio: "rows of the app: rps divided by the rps of the peer of the same stage, same workload and run",
       cpuUsPerRequest: "microseconds of the server's CPU time per 2xx answer: cpuCores × 1,000,000 / rps",
+      cpuUsPerRequestRuns:
+        "cpuUsPerRequest of each run in runs, same order: the row's own is its median run's by rps, and the harness prints the median of these beside it (of an even number, the lower of the middle two)",
       peerCpuRatio: "rows of the app: cpuUsPerRequest divided by the peer's of the same stage",
       latencyMs:
         "of every answer, from wrk's latency histogram (microsecond buckets) with the samples wrk adds for coordinated omission taken out again (bench/load.ts), so they are the response times measured; p99Corrected is wrk's own p99, those samples included",
       non2xx: "answers with a status outside 200-299, from the wrk script's response(); non2xxByStatus by status",
       errors: "wrk's socket errors (connect, read, write) and timeouts (10 s)",
       redis:
-        "per 1,000 2xx answers, all Redis nodes of the stage summed, from the start of the measured window until the app has exited (its final flush included). perThousand and byCommand: the commands clients sent, a script call (EVALSHA) counting once, counted with MONITOR (whose lines tell a script's own commands apart); allPerThousand and allByCommand: every command Redis executed, those scripts ran inside included, from INFO commandstats; INFO, ECHO, MONITOR, QUIT, CLIENT, CONFIG, COMMAND, HELLO, SELECT and FLUSHALL are left out of both",
+        "per 1,000 2xx answers, all Redis nodes of the stage summed, from the start of the measured window until the app has exited (its final flush included). perThousand and byCommand: the commands clients sent, a script call (EVALSHA) counting once, counted with MONITOR (whose lines tell a script's own commands apart); allPerThousand and allByCommand: every command Redis executed, those scripts ran inside included, from INFO commandstats; INFO, ECHO, MONITOR, QUIT, CLIENT, CONFIG, COMMAND, HELLO, SELECT, FLUSHALL and REPLCONF (a replica's acknowledgements to its master) are left out of both; for the cluster stages, the masters only",
       peakRssMb: "VmHWM of the server process, which is started afresh for each row (warm-up included)",
       cpuCores: "CPU seconds the server process used during the measured window, per second",
       loadCores:
@@ -464,7 +499,8 @@ const main = async (argv: ReadonlyArray<string>) => {
       otherCores:
         "cores kept busy during the window by processes other than the harness and those it started (the machine's busy time in /proc/stat minus our process tree's): other work on a shared machine; near 0 when the machine was quiet",
       redisServer: `redis-server with AOF on, appendfsync ${options.fsync}, on loopback; the load generator (wrk, ${threads} thread${threads === 1 ? "" : "s"}, keep-alive connections) runs on the same machine`,
-      metrics: `rows of the app and memory checks: its GET /metrics read every ${Scrape.SCRAPE_MS} ms during the measured window (bench/scrape.ts), outside wrk's load and not counted in it (the app's CPU time includes answering them); each reading has the buffered votes and entries (every node; null without a write-behind buffer), the flush batches and failures, and the results cache's hits and misses since the first reading, the results and definitions caches' hit ratios since the previous reading (null when nothing was looked up), and the event loop's p99 delay in ms`,
+      cluster: `the cluster and cluster-wait0 rows: POLL_STAGE=cluster on a Redis Cluster the harness starts (scripts/cluster.ts's nodes: 3 masters and a replica each, AOF on, appendfsync ${options.fsync}, on loopback), REDIS_CLUSTER naming its masters; cluster leaves REDIS_WAIT_REPLICAS unset (1 here, every master having a replica), cluster-wait0 sets it to 0 (no WAIT after a flushed batch); waitReplicas is what the app said it would wait for, and redis counts the masters' commands (the replicas' copies of them are not counted)`,
+      metrics: `rows of the app and memory checks: its GET /metrics read every ${Scrape.SCRAPE_MS} ms during the measured window (bench/scrape.ts), outside wrk's load and not counted in it (the app's CPU time includes answering them); each reading has the buffered votes and entries (every node; null without a write-behind buffer), the flush batches and failures, the seconds those batches took to send (flushSeconds; the table's ms/batch is its mean per batch), and the results cache's hits and misses since the first reading, the results and definitions caches' hit ratios since the previous reading (null when nothing was looked up), and the event loop's p99 delay in ms`,
       pinning:
         "CPUs (taskset lists) of the harness, which runs the direct ioredis baselines and starts wrk and redis-server (they inherit its CPUs), and of every server under test, each alone on its CPU; null: not pinned, the kernel placed everything"
     },
@@ -529,7 +565,12 @@ const main = async (argv: ReadonlyArray<string>) => {
   if (rows.length > 0) print(`\n${bareCheck(rows).join("\n")}`)
   for (const r of rows.filter((r) => (r.runs?.length ?? 0) > 1)) {
     const runs = r.runs!.map((rps) => Math.round(rps).toLocaleString("en-US")).join(", ")
-    print(`${r.workload} ${r.name}: runs of ${runs} req/s; the row is the median`)
+    const cpu = (r.cpuUsPerRequestRuns ?? []).map((us) => (us === null ? "-" : us.toFixed(1))).join(", ")
+    const cpuMedian = medianLow(r.cpuUsPerRequestRuns ?? [])
+    print(
+      `${r.workload} ${r.name}: runs of ${runs} req/s; the row is the median` +
+        (cpuMedian === null ? "" : `; CPU µs/req ${cpu}, median ${cpuMedian.toFixed(1)}`)
+    )
   }
   if (rss.length > 0) print(`\n${formatRss(rss)}`)
   const scrapedRows = [
@@ -542,6 +583,11 @@ const main = async (argv: ReadonlyArray<string>) => {
   if (met.length > 0) print(`\ntargets:\n${formatTargets(met)}`)
   const written = ["latest.json", ...(charted ? ["latest.svg"] : []), ...(timeline ? ["latest-metrics.svg"] : [])]
   print(`\nwrote ${written.map((file) => join(options.out, file)).join(", ")}`)
+  for (const r of rows.filter((r) => r.stage === "cluster" && r.waitReplicas !== 1)) {
+    print(
+      `note: ${r.name}/${r.workload} waited for ${r.waitReplicas ?? "no"} replicas, not 1: the app did not see them`
+    )
+  }
   const troubled = [...rows, ...rss].filter((r) => r.exitCode !== null && r.exitCode !== 0)
   for (const r of troubled) {
     const what = "name" in r ? `${r.name}/${r.workload}` : `${r.stage}/spread1m`

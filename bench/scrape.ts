@@ -22,6 +22,8 @@ export interface Reading {
   /** Batches the store confirmed since the readings began, every node. */
   readonly flushBatches: number
   readonly flushFailures: number
+  /** Seconds the batches since the readings began took to send, retries included, every node. */
+  readonly flushSeconds: number
   /** Hits and misses of the results cache since the readings began; both 0 where the stage has no results cache. */
   readonly cacheHits: number
   readonly cacheMisses: number
@@ -36,7 +38,7 @@ export interface Reading {
 /** One scrape as the app reports it: the counters since the app started, not since the readings began. */
 interface Totals extends Pick<
   Reading,
-  "bufferedVotes" | "bufferedEntries" | "flushBatches" | "flushFailures" | "cacheHits" | "cacheMisses"
+  "bufferedVotes" | "bufferedEntries" | "flushBatches" | "flushFailures" | "flushSeconds" | "cacheHits" | "cacheMisses"
 > {
   readonly definitionsHits: number
   readonly definitionsMisses: number
@@ -52,6 +54,7 @@ export const totalsOf = (e: Exposition): Totals => ({
   bufferedEntries: buffered(e, "livepoll_buffered_entries"),
   flushBatches: sumOf(e, "livepoll_flush_batches_total") ?? 0,
   flushFailures: sumOf(e, "livepoll_flush_failures_total") ?? 0,
+  flushSeconds: sumOf(e, "livepoll_flush_duration_seconds_sum") ?? 0,
   cacheHits: sumOf(e, "livepoll_cache_hits_total", { cache: "results" }) ?? 0,
   cacheMisses: sumOf(e, "livepoll_cache_misses_total", { cache: "results" }) ?? 0,
   definitionsHits: sumOf(e, "livepoll_cache_hits_total", { cache: "definitions" }) ?? 0,
@@ -68,6 +71,7 @@ export const readingOf = (at: number, now: Totals, first: Totals, previous: Tota
   bufferedEntries: now.bufferedEntries,
   flushBatches: now.flushBatches - first.flushBatches,
   flushFailures: now.flushFailures - first.flushFailures,
+  flushSeconds: Math.round((now.flushSeconds - first.flushSeconds) * 1e6) / 1e6,
   cacheHits: now.cacheHits - first.cacheHits,
   cacheMisses: now.cacheMisses - first.cacheMisses,
   cacheHitRatio: ratio(now.cacheHits - previous.cacheHits, now.cacheMisses - previous.cacheMisses),
@@ -156,6 +160,11 @@ export const summaryOf = (scraped: Scraped) => {
     peakBufferedVotes: buffered.length === 0 ? null : Math.max(...buffered),
     flushBatches: last === undefined || buffered.length === 0 ? null : last.flushBatches,
     flushFailures: last === undefined || buffered.length === 0 ? null : last.flushFailures,
+    // Every batch, confirmed or failed, is timed once.
+    meanFlushMs:
+      last === undefined || last.flushBatches + last.flushFailures === 0
+        ? null
+        : (last.flushSeconds * 1000) / (last.flushBatches + last.flushFailures),
     cacheHitRatio: last === undefined ? null : ratio(last.cacheHits, last.cacheMisses),
     maxEventLoopP99Ms: lags.length === 0 ? null : Math.max(...lags)
   }

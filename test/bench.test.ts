@@ -1,6 +1,6 @@
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
-import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from "node:fs"
+import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync } from "node:fs"
 import { createServer, type Server, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
@@ -11,8 +11,17 @@ import * as Load from "../bench/load.js"
 import * as Monitor from "../bench/monitor.js"
 import { defaults, parse, type Workload } from "../bench/options.js"
 import * as Pin from "../bench/pin.js"
-import { envOf } from "../bench/processes.js"
-import { bareCheck, formatMetrics, formatRss, medianRun, microsPerRequest, ratioTo, relate } from "../bench/report.js"
+import { envOf, type RedisNode, waitReplicasOf } from "../bench/processes.js"
+import {
+  bareCheck,
+  formatMetrics,
+  formatRss,
+  medianLow,
+  medianRun,
+  microsPerRequest,
+  ratioTo,
+  relate
+} from "../bench/report.js"
 import * as Scrape from "../bench/scrape.js"
 import { parseExposition } from "./support/exposition.js"
 import { type RedisServer, startRedis } from "./support/redis.js"
@@ -194,7 +203,12 @@ describe("npm run bench", () => {
     expect(byName.get("batched").runs).toEqual([byName.get("batched").rps])
     expect(byName.get("fastify batched").runs).toEqual([byName.get("fastify batched").rps])
     expect(byName.get("bare + Effect fiber").runs).toEqual([byName.get("bare + Effect fiber").rps])
-    expect(run.stdout()).toMatch(/^hot bare node:http: runs of [\d,]+, [\d,]+ req\/s; the row is the median$/m)
+    expect(run.stdout()).toMatch(
+      /^hot bare node:http: runs of [\d,]+, [\d,]+ req\/s; the row is the median; CPU µs\/req \d+\.\d, \d+\.\d, median \d+\.\d$/m
+    )
+    expect(bare.cpuUsPerRequestRuns).toHaveLength(2)
+    // The row is the faster run; its CPU per answer is that run's.
+    expect(bare.cpuUsPerRequestRuns[bare.runs.indexOf(bare.rps)]).toBeCloseTo(bare.cpuUsPerRequest, 9)
     for (const row of served(report.rows)) {
       const name = row.name
       expect(row.latencyMs.p50, name).toBeGreaterThan(0)
@@ -358,6 +372,96 @@ describe("npm run bench", () => {
     expect(await settled(run.marker)).toEqual([])
   }, 40_000)
 
+  it("measures the cluster stage, with WAIT and without, on a Redis Cluster of 3 + 3 it starts, and stops every node", async () => {
+    const out = outDir()
+    const run = harness([
+      "--duration",
+      "1",
+      "--warmup",
+      "0",
+      "--connections",
+      "8",
+      "--stages",
+      "cluster,cluster-wait0",
+      "--workloads",
+      "hot",
+      "--no-fiber-baseline",
+      "--out",
+      out
+    ])
+    // While the rows run, the cluster's six nodes (redis-server titles them `[cluster]`), beside the standalone node of
+    // the direct baselines.
+    let nodes = 0
+    while (run.child.exitCode === null) {
+      const servers = leftovers(run.marker).filter((p) => p.includes("redis-server"))
+      nodes = Math.max(nodes, servers.filter((p) => p.includes("[cluster]")).length)
+      if (nodes === 6) break
+      await sleep(100)
+    }
+    expect(nodes, run.stderr()).toBe(6)
+    const code = await run.exited
+    expect(code, `${run.stdout()}\n${run.stderr()}`).toBe(0)
+    const report = JSON.parse(readFileSync(join(out, "latest.json"), "utf8"))
+    expect(report.rows.map((r: any) => `${r.kind}:${r.name}:${r.stage}`)).toEqual([
+      "bare:bare node:http:null",
+      "stage:cluster:cluster",
+      "stage:cluster-wait0:cluster-wait0",
+      "direct:ioredis HINCRBY:null",
+      "direct:ioredis HINCRBY pipelined ×1000:null"
+    ])
+    const byName = new Map<string, any>(report.rows.map((r: any) => [r.name, r]))
+    for (const name of ["cluster", "cluster-wait0"]) {
+      const row = byName.get(name)
+      expect(row.requests, name).toBeGreaterThan(0)
+      expect(row.non2xx, name).toBe(0)
+      expect(row.errors, name).toBe(0)
+      expect(row.exitCode, name).toBe(0)
+      expect(row.cpuUsPerRequest, name).toBeGreaterThan(0)
+      expect(row.ratio, name).toBeCloseTo(row.rps / byName.get("bare node:http").rps, 9)
+      // No peer: the cluster stage, like full, is this app's own composition.
+      expect(row.peerRatio, name).toBeNull()
+    }
+    // REDIS_WAIT_REPLICAS unset: 1, every master having its replica; the variant sets 0. The buffered votes reach the
+    // masters by the flush at exit, counted, each batch part a script and, with WAIT, one WAIT per master it went to.
+    const [cluster, wait0] = ["cluster", "cluster-wait0"].map((name) => byName.get(name))
+    expect(cluster.waitReplicas, JSON.stringify(cluster)).toBe(1)
+    expect(cluster.settings).toBeUndefined()
+    expect(wait0.waitReplicas).toBe(0)
+    expect(wait0.settings).toEqual({ REDIS_WAIT_REPLICAS: "0" })
+    for (const row of [cluster, wait0]) {
+      const scripts = (row.redis.byCommand.evalsha ?? 0) + (row.redis.byCommand.eval ?? 0)
+      expect(scripts, row.name).toBeGreaterThan(0)
+      expect(row.redis.allByCommand.hincrby, `${row.name}: the counts, inside the scripts`).toBeGreaterThan(0)
+    }
+    expect(cluster.redis.byCommand.wait).toBeGreaterThan(0)
+    expect(cluster.redis.byCommand.wait).toBeLessThanOrEqual(
+      cluster.redis.byCommand.evalsha + cluster.redis.byCommand.eval
+    )
+    expect(wait0.redis.byCommand.wait).toBeUndefined()
+    expect(report.definitions.cluster).toContain("REDIS_WAIT_REPLICAS")
+    expect(run.stdout()).toMatch(/^hot\s+cluster\s+[\d,]+\s+\d+\.\d\d\s+-\s+\d+\.\d\s/m)
+    expect(run.stdout()).toMatch(/^hot\s+cluster-wait0\s+[\d,]+\s+\d+\.\d\d\s+-\s+\d+\.\d\s/m)
+    expect(readFileSync(join(out, "latest.svg"), "utf8")).toContain(">cluster-wait0<")
+    expect(await settled(run.marker)).toEqual([])
+  }, 90_000)
+
+  it("stops the nodes of its Redis Cluster when the cluster cannot be made", async () => {
+    // A PATH with everything the run needs but redis-cli, which creates the cluster once its nodes listen.
+    const bin = outDir()
+    for (const command of ["wrk", "redis-server", "taskset"]) {
+      const found = execFileSync("sh", ["-c", `command -v ${command}`], { encoding: "utf8" }).trim()
+      symlinkSync(found, join(bin, command))
+    }
+    const run = harness(["--duration", "1", "--stages", "cluster", "--workloads", "hot", "--out", outDir()], {
+      PATH: bin
+    })
+    expect(await run.exited, run.stderr()).toBe(1)
+    expect(run.stderr()).toMatch(
+      /every node listened, then redis-cli --cluster create could not run: redis-cli is not installed/
+    )
+    expect(await settled(run.marker)).toEqual([])
+  }, 30_000)
+
   it("refuses an unknown stage with the usage and starts nothing", async () => {
     const run = harness(["--stages", "memory,turbo"])
     expect(await run.exited).toBe(2)
@@ -377,7 +481,16 @@ describe("bench options", () => {
   it("defaults to every stage, the four throughput workloads, 10 s and 50 connections", () => {
     expect(parse([])).toEqual(defaults)
     expect(defaults).toMatchObject({ duration: 10, connections: 50, workloads: ["hot", "spread", "read", "voters"] })
-    expect(defaults.stages).toEqual(["memory", "redis", "cached", "batched", "sharded", "full"])
+    expect(defaults.stages).toEqual([
+      "memory",
+      "redis",
+      "cached",
+      "batched",
+      "sharded",
+      "full",
+      "cluster",
+      "cluster-wait0"
+    ])
   })
 
   it("reads lists in the canonical order and both flag spellings", () => {
@@ -398,6 +511,13 @@ describe("bench options", () => {
     expect(parse(["--rate-limits"])).toMatchObject({ rateLimits: true })
     // Off unless measured, and then with quotas no run reaches.
     expect(envOf("full", [])).toMatchObject({ POLL_STAGE: "full", RATE_LIMIT: "off" })
+    // The cluster stage names the masters as its seeds; its variant runs the same stage without WAIT.
+    const masters = [7, 8, 9].map((n) => ({ url: `redis://127.0.0.1:${n}` }) as RedisNode)
+    const cluster = envOf("cluster", masters)
+    expect(cluster).toMatchObject({ POLL_STAGE: "cluster", REDIS_CLUSTER: masters.map((m) => m.url).join(",") })
+    expect(cluster).not.toHaveProperty("REDIS_WAIT_REPLICAS")
+    expect(cluster).not.toHaveProperty("REDIS_NODES")
+    expect(envOf("cluster-wait0", masters)).toEqual({ ...cluster, REDIS_WAIT_REPLICAS: "0" })
     const measured = envOf("full", [], true)
     expect(measured).toMatchObject({ RATE_LIMIT: "on" })
     expect(Number(measured.RATE_LIMIT_CLIENT)).toBeGreaterThan(1e8)
@@ -444,6 +564,13 @@ describe("pinning", () => {
 })
 
 describe("median run", () => {
+  it("of CPU per answer is the middle one, of an even number the lower of the middle two, unread ones left out", () => {
+    expect(medianLow([50, 40, 60])).toBe(50)
+    expect(medianLow([50, 40, 60, 45])).toBe(45)
+    expect(medianLow([null, 70, 30])).toBe(30)
+    expect(medianLow([null])).toBeNull()
+  })
+
   it("is the middle run by requests per second, of an even number the better of the middle two", () => {
     const runs = (...rps: Array<number>) => rps.map((r, i) => ({ rps: r, i }))
     expect(medianRun(runs(5))).toEqual({ rps: 5, i: 0 })
@@ -451,6 +578,21 @@ describe("median run", () => {
     expect(medianRun(runs(3, 9))).toEqual({ rps: 9, i: 1 })
     expect(medianRun(runs(7, 1, 8, 2))).toEqual({ rps: 7, i: 0 })
     expect(() => medianRun([])).toThrow(/no runs/)
+  })
+})
+
+describe("the cluster stage's WAIT", () => {
+  it("is read from the line the app logs at start, JSON or logfmt, and absent from other stages", () => {
+    const line = (n: number, unset = "") =>
+      `redis cluster: a flushed batch is confirmed once ${n} replica(s) hold it${unset}`
+    expect(
+      waitReplicasOf(
+        JSON.stringify({ message: line(1, " (REDIS_WAIT_REPLICAS unset: from the cluster's shape at start)") })
+      )
+    ).toBe(1)
+    expect(waitReplicasOf(`level=INFO msg="${line(0)}"\nlevel=INFO msg="listening"`)).toBe(0)
+    expect(waitReplicasOf(`level=INFO msg="${line(2)}"`)).toBe(2)
+    expect(waitReplicasOf('{"message":"livepoll starting: POLL_STAGE=full"}')).toBeUndefined()
   })
 })
 
@@ -467,6 +609,10 @@ describe("the app's metrics during a measurement", () => {
               `livepoll_buffered_votes{node="b"} 1`
             ]),
         `livepoll_flush_batches_total{node="a"} ${batches}`,
+        // Each batch 3 ms on node a; node b's one batch, long ago, 1 ms.
+        `livepoll_flush_duration_seconds_sum{node="a"} ${batches * 0.003}`,
+        `livepoll_flush_duration_seconds_count{node="a"} ${batches}`,
+        `livepoll_flush_duration_seconds_sum{node="b"} 0.001`,
         `livepoll_cache_hits_total{cache="results"} ${hits}`,
         `livepoll_cache_misses_total{cache="results"} ${misses}`,
         `livepoll_cache_hits_total{cache="definitions"} 7`,
@@ -484,6 +630,7 @@ describe("the app's metrics during a measurement", () => {
       bufferedEntries: 0,
       flushBatches: 3,
       flushFailures: 0,
+      flushSeconds: 0.009,
       cacheHits: 170,
       cacheMisses: 50,
       cacheHitRatio: 90 / 120,
@@ -501,7 +648,7 @@ describe("the app's metrics during a measurement", () => {
     ])
   })
 
-  it("sums a measurement up for the table: peak buffer, flushes, the cache's overall ratio", () => {
+  it("sums a measurement up for the table: peak buffer, flushes and their mean time, the cache's overall ratio", () => {
     const first = scrape(0, 0, 0, 0)
     const readings = [
       Scrape.readingOf(0, first, first, first),
@@ -514,13 +661,16 @@ describe("the app's metrics during a measurement", () => {
       peakBufferedVotes: 41,
       flushBatches: 2,
       flushFailures: 0,
+      meanFlushMs: 3,
       cacheHitRatio: 0.75,
       maxEventLoopP99Ms: 12.5
     })
+    // No batch sent during the readings: no time per batch.
+    expect(Scrape.summaryOf({ ...scraped, readings: readings.slice(0, 2) }).meanFlushMs).toBeNull()
     const [header, , line] = formatMetrics([{ workload: "hot", stage: "full", metrics: scraped }]).split("\n")
     const cells = (text: string) => text!.trim().split(/\s{2,}/)
     expect(cells(header!)).toHaveLength(cells(line!).length)
-    expect(cells(line!)).toEqual(["hot", "full", "3", "41", "2", "0", "0.750", "12.5"])
+    expect(cells(line!)).toEqual(["hot", "full", "3", "41", "2", "0", "3.00", "0.750", "12.5"])
   })
 })
 
@@ -580,7 +730,7 @@ describe("Redis command counts", () => {
   it("counts what changed per 1,000 requests, scripts apart, leaving out the harness's own commands", () => {
     const before = Commandstats.parse(info({ evalsha: 10, hincrby: 10, info: 3 }))
     const after = Commandstats.parse(
-      info({ evalsha: 12, hincrby: 16, hgetall: 1, info: 9, quit: 1, "client|setname": 2, flushall: 1 })
+      info({ evalsha: 12, hincrby: 16, hgetall: 1, info: 9, quit: 1, "client|setname": 2, flushall: 1, replconf: 5 })
     )
     const sent = new Map([
       ["evalsha", 2],
