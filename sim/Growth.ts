@@ -5,8 +5,10 @@
  * each half of a flush (the old node, then the redirect to the new one), so any interleaving of votes, flushes, lost
  * answers, move steps, crashed and resumed moves, and instance restarts can be generated.
  *
- * This is the protocol as the stores' Lua is to run it once they know two rings; they do not run it yet. The model pins
- * down what each script must do, and each `Flaw` switches off one piece of it, to show the property needs that piece.
+ * This is the protocol the stores' Lua runs when they know two rings (src/VoteStore/Redis.ts's `Growth`,
+ * src/VoteStore/Sharded.ts's `makeGrowing`, src/Polls/Redis.ts, and `npm run reshard -- --online` in src/Reshard.ts;
+ * test/integration/growth.test.ts runs it against real redis-servers). The model pins down what each script must do,
+ * and each `Flaw` switches off one piece of it, to show the property needs that piece.
  */
 
 export type Node = "o" | "n"

@@ -133,6 +133,23 @@ const SETTINGS = {
       ),
     (nodes) => nodes.map((n) => `${n.name}=${n.url}`).join(",")
   ),
+  redisNodesNext: setting(
+    "REDIS_NODES_NEXT",
+    (env) =>
+      Config.option(
+        validated(
+          Config.string(env).pipe(
+            Config.withDescription(
+              "the shards of the ring an online reshard moves to (sharded and full), in REDIS_NODES syntax; unset: none"
+            )
+          ),
+          env,
+          parseRedisNodes
+        )
+      ),
+    (nodes) =>
+      Option.match(nodes, { onNone: () => "none", onSome: (n) => n.map((x) => `${x.name}=${x.url}`).join(",") })
+  ),
   redisCluster: setting(
     "REDIS_CLUSTER",
     (env) =>

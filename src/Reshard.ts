@@ -14,22 +14,23 @@
  * A run finds the polls on every node by their keys (ad-hoc polls have no index entry), so a run interrupted
  * anywhere and run again picks up each poll where it stopped: one still live on its old owner is moved, one frozen is
  * merged again (a no-op if it was) and cleaned up, one moved already has nothing left on the source but its tombstone.
+ *
+ * Online (`--online`), while instances that know both rings (`REDIS_NODES_NEXT`) keep serving: the old nodes are
+ * marked migrating before the scan (a poll they hold nothing of is then made on the new ring), the destination marks
+ * each poll incoming before its freeze (one-vote-per-voter votes wait, 503, until the merge), and the stores'
+ * scripts on the old owner check the tombstone. `finish` clears the migrating mark once no instance knows both
+ * rings any more. The protocol is modelled, interleaving by interleaving, in sim/Growth.ts.
  */
 import { Data, Effect } from "effect"
 import { positionKey, positionOf } from "./Polls.js"
-import { CREATED_CHANNEL, CREATED_KEY, definitionKey, INDEX_KEY, organiserKey } from "./Polls/Redis.js"
+import { CREATED_CHANNEL, CREATED_KEY, definitionKey, INDEX_KEY, organiserKey, ringNextChannel } from "./Polls/Redis.js"
 import { decodeOption } from "./Polls/Shared.js"
 import type { StoreUnavailable } from "./Domain.js"
 import * as RedisClient from "./RedisClient.js"
 import * as Ring from "./Ring.js"
-import { countsKey, votersKey } from "./VoteStore/Redis.js"
+import { countsKey, incomingKey, mergedKey, MIGRATING_KEY, movedKey, stagedKey, votersKey } from "./VoteStore/Redis.js"
 
-/** Where a poll that moved away went: `<node> <move id>`, on the node it left. */
-export const movedKey = (pollId: string) => `poll:{${pollId}}:moved`
-/** A frozen poll's keys, on the node it is leaving, until the destination holds them. */
-export const stagedKey = (pollId: string, part: Part) => `poll:{${pollId}}:moving:${part}`
-/** On the destination: this move's data is in (set in the script that merges it). */
-export const mergedKey = (pollId: string, moveId: string) => `poll:{${pollId}}:merged:${moveId}`
+export { mergedKey, movedKey, stagedKey }
 
 /** How long a merged marker stays once its move is cleaned up: long past any reader that could still ask for it. */
 export const MERGED_MEMORY_SECONDS = 24 * 60 * 60
@@ -70,10 +71,11 @@ for i = 1, 4 do
 end
 return tombstone`
 
-// KEYS: counts, definition, organiser, merged marker, index, created index, tombstone (all on the destination).
-// ARGV: poll id, definition ('' none), organiser key hash ('' none), position key ('' none), n, then n field/count.
-// 0: merged before (nothing done); 1: merged now.
+// KEYS: counts, definition, organiser, merged marker, index, created index, tombstone, incoming (all on the
+// destination). ARGV: poll id, definition ('' none), organiser key hash ('' none), position key ('' none), n, then n
+// field/count. 0: merged before (nothing done); 1: merged now. Either way the poll's voters are all in: not incoming.
 const MERGE_SCRIPT = `
+redis.call('DEL', KEYS[8])
 if not redis.call('SET', KEYS[4], '1', 'NX') then return 0 end
 local n = tonumber(ARGV[5])
 for i = 0, n - 1 do redis.call('HINCRBY', KEYS[1], ARGV[6 + 2 * i], ARGV[7 + 2 * i]) end
@@ -200,7 +202,7 @@ const union = (from: ReadonlyArray<RedisClient.RedisNode>, to: ReadonlyArray<Red
 const connect = (node: RedisClient.RedisNode) =>
   Effect.map(RedisClient.acquire(node), (client): Node => {
     client.defineCommand("livepollFreeze", { numberOfKeys: 9, lua: FREEZE_SCRIPT })
-    client.defineCommand("livepollMerge", { numberOfKeys: 7, lua: MERGE_SCRIPT })
+    client.defineCommand("livepollMerge", { numberOfKeys: 8, lua: MERGE_SCRIPT })
     client.defineCommand("livepollCleanUp", { numberOfKeys: 6, lua: CLEAN_UP_SCRIPT })
     return { name: node.name, client: client as ReshardClient, call: RedisClient.caller(node) }
   })
@@ -300,12 +302,18 @@ const movePoll = (
   nodes: ReadonlyMap<string, Node>,
   move: Move,
   tally: { polls: number; keys: number; votes: number; voters: number },
-  afterStep: NonNullable<Options["afterStep"]>
+  afterStep: NonNullable<Options["afterStep"]>,
+  online: boolean
 ): Effect.Effect<void, ReshardError | StoreUnavailable> =>
   Effect.gen(function* () {
     const { pollId } = move
     const source = nodes.get(move.from)!
     const step = (name: Step) => afterStep(pollId, name)
+    // Online, the destination turns one-vote-per-voter votes away (503) from before the freeze until the merge: a
+    // voter whose record is still on its way would otherwise vote again there. (A resumed move whose freeze is done
+    // goes to the poll's tombstone: the same destination, or it was cleared by a merge.)
+    const destination = nodes.get(move.to)!
+    if (online) yield* destination.call("mark incoming", () => destination.client.set(incomingKey(pollId), "1"))
 
     const tombstone = tombstoneOf(
       yield* source.call("freeze poll", () =>
@@ -318,7 +326,10 @@ const movePoll = (
         )
       )
     )
-    if (tombstone === undefined) return
+    if (tombstone === undefined) {
+      if (online) yield* destination.call("unmark incoming", () => destination.client.del(incomingKey(pollId)))
+      return
+    }
     yield* step("freeze")
     const target = nodes.get(tombstone.to)
     if (target === undefined) {
@@ -358,6 +369,7 @@ const movePoll = (
         INDEX_KEY,
         CREATED_KEY,
         movedKey(pollId),
+        incomingKey(pollId),
         pollId,
         definition ?? "",
         organiser ?? "",
@@ -399,7 +411,8 @@ const movePoll = (
         nodes,
         { pollId, from: tombstone.to, to: move.owner, resumed: false, owner: move.owner },
         tally,
-        afterStep
+        afterStep,
+        online
       )
     }
   })
@@ -420,17 +433,34 @@ export const run = Effect.fn("Reshard.run")(function* (options: Options) {
   )
   const nodes = new Map<string, Node>()
   for (const node of all) nodes.set(node.name, yield* connect(node))
+  const online = options.online === true && options.dryRun !== true
+  const nextChannel = ringNextChannel(options.to.map((n) => n.name))
   for (const node of nodes.values()) {
     // Every instance of the app listens for new polls on every node: an instance that still serves the old ring
-    // alone would write where a poll no longer is.
-    const [, listening] = (yield* node.call("count instances", () =>
-      node.client.pubsub("NUMSUB", CREATED_CHANNEL)
-    )) as [string, number]
+    // alone would write where a poll no longer is. One that knows the next ring listens on its channel as well.
+    const [, listening, , knowing] = (yield* node.call("count instances", () =>
+      node.client.pubsub("NUMSUB", CREATED_CHANNEL, nextChannel)
+    )) as [string, number, string, number]
     if (listening > 0 && options.online !== true && options.dryRun !== true) {
       return yield* new ReshardError({
         message: `${listening} app instances are connected to node ${node.name}: stop them before resharding`
       })
     }
+    if (online && listening > knowing) {
+      return yield* new ReshardError({
+        message:
+          `${listening - knowing} of the ${listening} app instances connected to node ${node.name} do not know ` +
+          `the next ring: restart them with REDIS_NODES_NEXT=${options.to.map((n) => `${n.name}=${n.url}`).join(",")}`
+      })
+    }
+  }
+  if (online) {
+    // Before the scan: from here on a poll new to both rings is made on the new ring, so the scan misses none.
+    for (const node of options.from) {
+      const { client, call } = nodes.get(node.name)!
+      yield* call("mark migrating", () => client.set(MIGRATING_KEY, "1"))
+    }
+    yield* Effect.logInfo(`online: ${MIGRATING_KEY} set on ${options.from.map((n) => n.name).join(", ")}`)
   }
 
   const plan: Plan = yield* planOn(nodes, oldRing, newRing)
@@ -446,7 +476,7 @@ export const run = Effect.fn("Reshard.run")(function* (options: Options) {
   const tally = { polls: 0, keys: 0, votes: 0, voters: 0 }
   if (options.dryRun !== true) {
     const afterStep = options.afterStep ?? (() => Effect.void)
-    yield* Effect.forEach(plan.moves, (move) => movePoll(nodes, move, tally, afterStep), {
+    yield* Effect.forEach(plan.moves, (move) => movePoll(nodes, move, tally, afterStep, online), {
       concurrency: options.concurrency ?? DEFAULT_CONCURRENCY,
       discard: true
     })
@@ -456,4 +486,34 @@ export const run = Effect.fn("Reshard.run")(function* (options: Options) {
     options.dryRun === true ? `dry run: ${plan.moves.length} polls would move` : describeReport(report)
   )
   return report
+}, Effect.scoped)
+
+/**
+ * The end of an online growth (`--finish`), once every instance serves the new ring alone: the old nodes' migrating
+ * mark goes (an instance that still knew both rings would, without it, write a poll new since the move to its old
+ * owner). Refused while any instance still listens on the next ring's channel.
+ */
+export const finish = Effect.fn("Reshard.finish")(function* (options: Pick<Options, "from" | "to">) {
+  const all = yield* union(options.from, options.to)
+  const nextChannel = ringNextChannel(options.to.map((n) => n.name))
+  const nodes = new Map<string, Node>()
+  for (const node of all) nodes.set(node.name, yield* connect(node))
+  for (const node of nodes.values()) {
+    const [, knowing] = (yield* node.call("count instances", () => node.client.pubsub("NUMSUB", nextChannel))) as [
+      string,
+      number
+    ]
+    if (knowing > 0) {
+      return yield* new ReshardError({
+        message: `${knowing} app instances connected to node ${node.name} still know both rings: restart them without REDIS_NODES_NEXT first`
+      })
+    }
+  }
+  for (const node of options.from) {
+    const { client, call } = nodes.get(node.name)!
+    yield* call("clear migrating", () => client.del(MIGRATING_KEY))
+  }
+  yield* Effect.logInfo(
+    `online growth finished: ${MIGRATING_KEY} cleared on ${options.from.map((n) => n.name).join(", ")}`
+  )
 }, Effect.scoped)

@@ -34,6 +34,16 @@ const single = (c: AppConfig): ReadonlyArray<RedisNode> => [
 ]
 const shards = (c: AppConfig): ReadonlyArray<RedisNode> =>
   c.redisNodes.map((n) => ({ ...n, commandTimeoutMs: c.redisCommandTimeoutMs }))
+/** The shards of the next ring (`REDIS_NODES_NEXT`), while an online reshard may be moving polls to them. */
+const nextShards = (c: AppConfig): ReadonlyArray<RedisNode> | undefined =>
+  Option.getOrUndefined(
+    Option.map(c.redisNodesNext, (nodes) => nodes.map((n) => ({ ...n, commandTimeoutMs: c.redisCommandTimeoutMs })))
+  )
+/** The ring's store, or with a next ring the store that finds each moving poll wherever the reshard has it. */
+const ring = (c: AppConfig): Layer.Layer<VoteStore> => {
+  const next = nextShards(c)
+  return next === undefined ? Sharded.layerRedis(shards(c)) : Sharded.layerRedisGrowing(shards(c), next)
+}
 
 /** The bottom of every stack: the store itself, which signals changes to live result streams. */
 const base = (store: Layer.Layer<VoteStore>) => over(Notifying.layer, store)
@@ -53,10 +63,22 @@ const definitions = <E, R>(c: AppConfig, polls: Layer.Layer<Polls.Polls, E, R>) 
   PollsCached.over({ ttl: Duration.millis(c.definitionsCacheTtlMs), capacity: c.cacheMaxPolls }, polls)
 
 /** Poll definitions and change signals live on the same Redis node(s) as the counts. */
-const onRedis = (c: AppConfig, nodes: ReadonlyArray<RedisNode>, store: Layer.Layer<VoteStore, never, Feed.Feed>) =>
-  Layer.merge(store, definitions(c, PollsRedis.layer(nodes, c.maxPolls, { resyncMs: c.definitionsResyncMs }))).pipe(
-    Layer.provideMerge(FeedRedis.layer(nodes))
-  )
+const onRedis = (
+  c: AppConfig,
+  nodes: ReadonlyArray<RedisNode>,
+  store: Layer.Layer<VoteStore, never, Feed.Feed>,
+  next?: ReadonlyArray<RedisNode>
+) =>
+  Layer.merge(
+    store,
+    definitions(
+      c,
+      PollsRedis.layer(nodes, c.maxPolls, {
+        resyncMs: c.definitionsResyncMs,
+        ...(next === undefined ? {} : { next })
+      })
+    )
+  ).pipe(Layer.provideMerge(FeedRedis.layer(nodes)))
 
 /** The cluster stage's seed nodes (AppConfig makes sure there are some), with the configured command time-out. */
 const onCluster = (c: AppConfig) => ({
@@ -73,9 +95,9 @@ export const compositions: Record<Stage, (c: AppConfig) => Layer.Layer<Services>
   redis: (c) => onRedis(c, single(c), base(RedisStore.layer(single(c)[0]!))),
   cached: (c) => onRedis(c, single(c), over(cache(c), base(RedisStore.layer(single(c)[0]!)))),
   batched: (c) => onRedis(c, single(c), over(buffer(c), base(RedisStore.layer(single(c)[0]!)))),
-  sharded: (c) => onRedis(c, shards(c), base(Sharded.layerRedis(shards(c)))),
+  sharded: (c) => onRedis(c, shards(c), base(ring(c)), nextShards(c)),
   // Buffer outermost so reads add this instance's pending votes to the (possibly cached) stored counts.
-  full: (c) => onRedis(c, shards(c), over(buffer(c), over(cache(c), base(Sharded.layerRedis(shards(c)))))),
+  full: (c) => onRedis(c, shards(c), over(buffer(c), over(cache(c), base(ring(c)))), nextShards(c)),
   // `full` on Redis Cluster: each flushed batch split per poll into its slot, confirmed once replicas hold it.
   cluster: (c) =>
     Layer.merge(

@@ -101,6 +101,7 @@ describe("AppConfig", () => {
         POLL_STAGE: "sharded",
         REDIS_URL: "redis://cache.internal:6390/2",
         REDIS_NODES: "east=redis://10.0.0.1:6380, west=redis://10.0.0.2:6381",
+        REDIS_NODES_NEXT: "east=redis://10.0.0.1:6380,west=redis://10.0.0.2:6381,north=redis://10.0.0.3:6382",
         REDIS_COMMAND_TIMEOUT_MS: "900",
         CACHE_TTL_MS: "250",
         CACHE_MAX_POLLS: "77",
@@ -140,6 +141,11 @@ describe("AppConfig", () => {
           { name: "east", url: "redis://10.0.0.1:6380" },
           { name: "west", url: "redis://10.0.0.2:6381" }
         ],
+        redisNodesNext: Option.some([
+          { name: "east", url: "redis://10.0.0.1:6380" },
+          { name: "west", url: "redis://10.0.0.2:6381" },
+          { name: "north", url: "redis://10.0.0.3:6382" }
+        ]),
         redisCommandTimeoutMs: 900,
         cacheTtlMs: 250,
         cacheMaxPolls: 77,
@@ -280,6 +286,7 @@ describe("AppConfig", () => {
         POLL_STAGE: "redis",
         REDIS_URL: "redis://10.0.0.9:6379",
         REDIS_NODES: "redis://10.0.0.9:7000",
+        REDIS_NODES_NEXT: "redis://10.0.0.9:7000,redis://10.0.0.9:7001",
         JOURNAL_DIR: "/tmp/elsewhere",
         RATE_LIMIT: "off",
         LOG_FORMAT: "logfmt",
