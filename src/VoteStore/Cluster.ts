@@ -1,4 +1,4 @@
-import { Effect, Exit, Layer, Runtime, Scope } from "effect"
+import { Duration, Effect, Exit, Layer, Runtime, Schedule, Scope } from "effect"
 import type { Cluster, Redis } from "ioredis"
 import type { Health, OptionId, PollId } from "../Domain.js"
 import { StoreUnavailable } from "../Domain.js"
@@ -154,16 +154,41 @@ const replicasAtStart = (client: StoreClient): number => {
 }
 
 /**
+ * From `CLUSTER NODES` of one or more nodes: 1 when every master that serves slots has a replica configured
+ * (connected or not) in any of the answers, 0 when one has none, undefined when they name no master. Each node's view
+ * fills in by gossip, and the slot map lists a replica only once it has synced: seconds after a cluster is created
+ * neither may show a replica that exists yet.
+ */
+export const replicasConfigured = (...nodesTexts: ReadonlyArray<string>): number | undefined => {
+  const masters = new Set<string>()
+  const withReplica = new Set<string>()
+  for (const line of nodesTexts.join("\n").split("\n")) {
+    const [id, , flags, masterId, , , , , ...slots] = line.trim().split(" ")
+    if (id === undefined || flags === undefined) continue
+    const roles = flags.split(",")
+    if (roles.includes("master") && slots.length > 0) masters.add(id)
+    else if ((roles.includes("slave") || roles.includes("replica")) && masterId !== undefined) withReplica.add(masterId)
+  }
+  if (masters.size === 0) return undefined
+  return [...masters].every((id) => withReplica.has(id)) ? 1 : 0
+}
+
+/**
  * The store over cluster clients: `make` gives it ioredis's, the simulation a fake cluster's. `waitReplicas` and
- * `waitTimeoutMs` as in ClusterStoreOptions (the time-out set).
+ * `waitTimeoutMs` as in ClusterStoreOptions (the time-out set); `replicasKnown`, what `auto` comes to when the
+ * caller could ask the cluster (replicasConfigured), else the slot map decides.
  */
 export const makeFrom = Effect.fn("VoteStore.cluster.makeFrom")(function* (
   clients: StoreClients,
-  options: Pick<ClusterStoreOptions, "waitReplicas"> & { readonly waitTimeoutMs: number }
+  options: Pick<ClusterStoreOptions, "waitReplicas"> & {
+    readonly waitTimeoutMs: number
+    readonly replicasKnown?: number | undefined
+  }
 ) {
   const { call, client, deadline, flusher, pipelined } = clients
   const { waitTimeoutMs } = options
-  const waitReplicas = options.waitReplicas === "auto" ? replicasAtStart(client) : options.waitReplicas
+  const waitReplicas =
+    options.waitReplicas === "auto" ? (options.replicasKnown ?? replicasAtStart(client)) : options.waitReplicas
   yield* Effect.logInfo(
     `redis cluster: a flushed batch is confirmed once ${waitReplicas} replica(s) hold it` +
       (options.waitReplicas === "auto" ? " (REDIS_WAIT_REPLICAS unset: from the cluster's shape at start)" : "")
@@ -309,6 +334,36 @@ const health = (client: Cluster, timeoutMs: number): Effect.Effect<Health> =>
     )
   })
 
+/**
+ * How long a start with `REDIS_WAIT_REPLICAS` unset looks for a replica of every master before it settles for none:
+ * on a cluster created a moment ago the nodes learn of their replicas within a few seconds.
+ */
+const REPLICA_DISCOVERY_MS = 5000
+
+/**
+ * What `auto` comes to: `CLUSTER NODES` asked of the cluster (ioredis picks a node each time), every answer so far
+ * read together, again every 250 ms while one master has no replica in them.
+ */
+const replicasSeen = (client: Cluster, call: ReturnType<typeof RedisClient.caller>) => {
+  const answers: Array<string> = []
+  return call("read the cluster's nodes", () => client.cluster("NODES") as Promise<string>).pipe(
+    Effect.map((text) => {
+      answers.push(text)
+      return replicasConfigured(...answers)
+    }),
+    Effect.orElseSucceed(() => replicasConfigured(...answers)),
+    Effect.filterOrFail((seen) => seen === 1),
+    Effect.retry(Schedule.spaced(Duration.millis(250))),
+    Effect.timeoutTo({
+      duration: Duration.millis(REPLICA_DISCOVERY_MS),
+      onSuccess: (seen) => seen,
+      onTimeout: () => replicasConfigured(...answers)
+    }),
+    // The retries never run out: only the time-out ends them.
+    Effect.orElseSucceed(() => replicasConfigured(...answers))
+  )
+}
+
 export const make = Effect.fn("VoteStore.cluster.make")(function* (options: ClusterStoreOptions) {
   const timeoutMs = RedisClient.commandTimeoutOf(options)
   // The cluster's error counters exist from the start, at 0 until a command fails (see RedisClient.caller).
@@ -317,16 +372,23 @@ export const make = Effect.fn("VoteStore.cluster.make")(function* (options: Clus
   const pipelined = withScripts(yield* ClusterClient.acquire(options, { role: "voters", autoPipelining: true }))
   const flusher = withScripts(yield* ClusterClient.acquire(options, { role: "batches" }))
   const deadline = yield* nodeClocks(client, timeoutMs)
+  const call = RedisClient.caller({ name: REDIS_CLUSTER, commandTimeoutMs: timeoutMs })
+  const replicasKnown =
+    options.waitReplicas === "auto" && client.status === "ready" ? yield* replicasSeen(client, call) : undefined
   return yield* makeFrom(
     {
       client,
       pipelined,
       flusher,
-      call: RedisClient.caller({ name: REDIS_CLUSTER, commandTimeoutMs: timeoutMs }),
+      call,
       deadline,
       health: health(client, timeoutMs)
     },
-    { waitReplicas: options.waitReplicas, waitTimeoutMs: options.waitTimeoutMs ?? Math.floor(timeoutMs / 2) }
+    {
+      waitReplicas: options.waitReplicas,
+      waitTimeoutMs: options.waitTimeoutMs ?? Math.floor(timeoutMs / 2),
+      replicasKnown
+    }
   )
 })
 

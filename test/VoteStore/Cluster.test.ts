@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Layer, Logger } from "effect"
 import {
   AlreadyVoted,
   MAX_OPTIONS_PER_POLL,
@@ -80,6 +80,58 @@ describe("the Redis Cluster vote store", () => {
       const partitions = new Set(Array.from({ length: 200 }, (_, i) => ClusterStore.partitionOf(`p-${i}`)))
       expect(partitions.size).toBe(ClusterStore.SLOT_GROUPS)
       expect([...partitions].every((p) => /^slot-group-([0-9]|1[0-5])$/.test(p))).toBe(true)
+    })
+  )
+
+  it.live("REDIS_WAIT_REPLICAS unset reads the replicas from CLUSTER NODES: 1 with a replica per master, else 0", () =>
+    Effect.gen(function* () {
+      // Every node's view together, as the store reads them at start.
+      const nodesOf = (cluster: RedisCluster) =>
+        promise(async () => {
+          const client = cluster.client()
+          try {
+            await client.ping()
+            return await Promise.all(client.nodes("all").map((node) => node.cluster("NODES") as Promise<string>))
+          } finally {
+            client.disconnect()
+          }
+        })
+      expect(
+        ClusterStore.replicasConfigured(
+          ...(yield* untilSucceeds(
+            nodesOf(replicated).pipe(Effect.filterOrFail((texts) => ClusterStore.replicasConfigured(...texts) === 1))
+          ))
+        )
+      ).toBe(1)
+      expect(ClusterStore.replicasConfigured(...(yield* nodesOf(bare)))).toBe(0)
+      // The store itself, setting unset: what it logs it waits for.
+      const decided = (cluster: RedisCluster) => {
+        const lines: Array<string> = []
+        return Effect.scoped(Layer.build(ClusterStore.layer({ seeds: cluster.seeds, waitReplicas: "auto" }))).pipe(
+          Effect.provide(
+            Logger.replace(
+              Logger.defaultLogger,
+              Logger.make(({ message }) => lines.push(String(message)))
+            )
+          ),
+          Effect.map(() => lines.find((line) => line.includes("a flushed batch is confirmed once")))
+        )
+      }
+      const line = yield* decided(replicated)
+      expect(line).toMatch(/confirmed once 1 replica/)
+      expect(yield* decided(bare)).toMatch(/confirmed once 0 replica/)
+      // A replica assigned a moment ago (not synced, so not yet in CLUSTER SLOTS) counts; a master without slots
+      // needs none; an answer without masters says nothing.
+      const fresh = [
+        "a1 127.0.0.1:7100@17100 myself,master - 0 0 1 connected 0-8191",
+        "b1 127.0.0.1:7101@17101 master - 0 0 2 connected 8192-16383",
+        "a2 127.0.0.1:7102@17102 slave a1 0 0 1 connected",
+        "b2 127.0.0.1:7103@17103 slave,fail b1 0 0 2 disconnected",
+        "c1 127.0.0.1:7104@17104 master - 0 0 3 connected"
+      ].join("\n")
+      expect(ClusterStore.replicasConfigured(fresh)).toBe(1)
+      expect(ClusterStore.replicasConfigured(fresh.replace("slave,fail b1", "slave,fail c1"))).toBe(0)
+      expect(ClusterStore.replicasConfigured("")).toBeUndefined()
     })
   )
 
