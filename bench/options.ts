@@ -1,19 +1,38 @@
 /**
- * What `npm run bench -- ...` accepts. The app is a black box here, so the stage names are spelled out again; one is a
- * variant, not a stage of its own: `cluster-wait0` is `cluster` with `REDIS_WAIT_REPLICAS=0`, no `WAIT` after a
- * flushed batch (`cluster` leaves the setting unset, 1 on a cluster whose masters have a replica each).
+ * What `npm run bench -- ...` accepts. The app is a black box here, so the stage names are spelled out again; two are
+ * variants, not stages of their own: `cluster-wait0` is `cluster` with `REDIS_WAIT_REPLICAS=0`, no `WAIT` after a
+ * flushed batch (`cluster` leaves the setting unset, 1 on a cluster whose masters have a replica each), and
+ * `full-workers2` is `full` with `WORKERS=2`, a primary forking two workers through node:cluster.
  */
-export const STAGES = ["memory", "redis", "cached", "batched", "sharded", "full", "cluster", "cluster-wait0"] as const
+export const STAGES = [
+  "memory",
+  "redis",
+  "cached",
+  "batched",
+  "sharded",
+  "full",
+  "full-workers2",
+  "cluster",
+  "cluster-wait0"
+] as const
 export type Stage = (typeof STAGES)[number]
 
 /** The stages that run on the Redis Cluster the bench starts (3 masters, a replica each). */
 export const CLUSTER_STAGES: ReadonlyArray<Stage> = ["cluster", "cluster-wait0"]
 
+/**
+ * The stages that run as more than one process: a primary and its workers. Such a server may use every CPU (two
+ * workers on one CPU would measure one CPU), and its CPU time is the sum over the primary and its workers.
+ */
+export const MULTI_PROCESS_STAGES: ReadonlyArray<Stage> = ["full-workers2"]
+
 /** What each stage of the bench runs as: its `POLL_STAGE`, and the settings it adds to the stage's own. */
 export const runsAs = (stage: Stage): { readonly pollStage: string; readonly settings: Record<string, string> } =>
   stage === "cluster-wait0"
     ? { pollStage: "cluster", settings: { REDIS_WAIT_REPLICAS: "0" } }
-    : { pollStage: stage, settings: {} }
+    : stage === "full-workers2"
+      ? { pollStage: "full", settings: { WORKERS: "2" } }
+      : { pollStage: stage, settings: {} }
 
 /**
  * `hot`: votes on one poll; `spread`: votes over 10,000 polls; `read`: reads of one poll; `voters`: votes on one
@@ -94,7 +113,9 @@ export const usage = `Usage: npm run bench -- [options]   (needs dist/: npm run 
                          one more run of the bare server at the end; each row is its median run (default ${defaults.repeat})
   --stages a,b,c         of ${STAGES.join(",")} (default all);
                          ${CLUSTER_STAGES.join(" and ")} start a Redis Cluster of 3 masters and 3 replicas;
-                         cluster-wait0 is cluster with REDIS_WAIT_REPLICAS=0 (no WAIT after a flushed batch)
+                         cluster-wait0 is cluster with REDIS_WAIT_REPLICAS=0 (no WAIT after a flushed batch);
+                         full-workers2 is full with WORKERS=2 (two node:cluster workers), allowed every CPU,
+                         its CPU the sum over the primary and its workers
   --workloads a,b        of ${WORKLOADS.join(",")} (default ${defaults.workloads.join(",")})
                          spread1m runs on the ${RSS_STAGES.join(" and ")} stages only
   --rss-votes N          votes of spread1m, one per poll (default ${defaults.rssVotes})

@@ -61,10 +61,17 @@ export const apply = (): Pinning | undefined => {
   }
 }
 
-/** The command line that runs `command args` on the server's CPU (unchanged when not pinned). */
+/**
+ * The command line that runs `command args` on the server's CPU (unchanged when not pinned); with `everyCpu`, on
+ * every CPU the harness was allowed before it pinned itself, for a server of more than one process (a primary and
+ * its workers), which could use only one core on the server's CPU alone.
+ */
 export const serverCommand = (
   pinning: Pinning | undefined,
   command: string,
-  args: ReadonlyArray<string>
+  args: ReadonlyArray<string>,
+  everyCpu = false
 ): [string, Array<string>] =>
-  pinning === undefined ? [command, [...args]] : ["taskset", ["-c", pinning.server, command, ...args]]
+  pinning === undefined
+    ? [command, [...args]]
+    : ["taskset", ["-c", everyCpu ? `${pinning.harness},${pinning.server}` : pinning.server, command, ...args]]

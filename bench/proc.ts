@@ -24,30 +24,85 @@ const kbField = (status: string, name: string) => {
   return match ? Number(match[1]) / 1024 : NaN
 }
 
-/** Undefined where /proc is not there (not Linux) or the process is gone. */
-export const sample = (pid: number): ProcSample | undefined => {
+/** Fields of /proc/PID/stat after the command name, which is in parentheses and may itself hold spaces. */
+const statFields = (pid: number | string) => {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+  return stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+}
+
+/** Every process below `root`, by its parent (field 4 of /proc/PID/stat), `root` not included. */
+export const descendants = (root: number): Array<number> => {
+  let entries: Array<string>
   try {
-    const status = readFileSync(`/proc/${pid}/status`, "utf8")
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
-    // Fields after the command name, which is in parentheses and may itself hold spaces.
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-    const cpuTicks = Number(fields[11]) + Number(fields[12])
-    return {
-      at: Date.now(),
-      rssMb: kbField(status, "VmRSS"),
-      peakRssMb: kbField(status, "VmHWM"),
-      cpuSeconds: cpuTicks / ticksPerSecond
+    entries = readdirSync("/proc").filter((e) => /^\d+$/.test(e))
+  } catch {
+    return []
+  }
+  const children = new Map<number, Array<number>>()
+  for (const entry of entries) {
+    try {
+      const parent = Number(statFields(entry)[1])
+      children.set(parent, [...(children.get(parent) ?? []), Number(entry)])
+    } catch {
+      // gone meanwhile
     }
+  }
+  const found: Array<number> = []
+  const queue = [...(children.get(root) ?? [])]
+  while (queue.length > 0) {
+    const pid = queue.shift()!
+    found.push(pid)
+    queue.push(...(children.get(pid) ?? []))
+  }
+  return found
+}
+
+const sampleOne = (pid: number, children: boolean): Omit<ProcSample, "at"> => {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8")
+  const fields = statFields(pid)
+  // utime, stime, and with `children` the cutime, cstime of children already reaped.
+  const cpuTicks = Number(fields[11]) + Number(fields[12]) + (children ? Number(fields[13]) + Number(fields[14]) : 0)
+  return {
+    rssMb: kbField(status, "VmRSS"),
+    peakRssMb: kbField(status, "VmHWM"),
+    cpuSeconds: cpuTicks / ticksPerSecond
+  }
+}
+
+/**
+ * Undefined where /proc is not there (not Linux) or the process is gone. With `children`, the sum over the process
+ * and every process below it (a primary and its workers): CPU time, the reaped children's included, RSS, and the
+ * peaks of each (a bound above the peak of the whole, as they need not peak at once).
+ */
+export const sample = (pid: number, children = false): ProcSample | undefined => {
+  try {
+    const own = sampleOne(pid, children)
+    if (!children) return { at: Date.now(), ...own }
+    let { cpuSeconds, peakRssMb, rssMb } = own
+    for (const child of descendants(pid)) {
+      try {
+        const s = sampleOne(child, true)
+        cpuSeconds += s.cpuSeconds
+        rssMb += s.rssMb
+        peakRssMb += s.peakRssMb
+      } catch {
+        // gone meanwhile: its time is in its parent's cutime/cstime once reaped
+      }
+    }
+    return { at: Date.now(), rssMb, peakRssMb, cpuSeconds }
   } catch {
     return undefined
   }
 }
 
-/** Samples `pid` every `intervalMs` until stopped; `note` tags each sample (e.g. with the votes so far). */
-export const watch = (pid: number, intervalMs: number, note: () => number = () => 0) => {
+/**
+ * Samples `pid` (with `children`, and every process below it) every `intervalMs` until stopped; `note` tags each
+ * sample (e.g. with the votes so far).
+ */
+export const watch = (pid: number, intervalMs: number, note: () => number = () => 0, children = false) => {
   const samples: Array<ProcSample & { readonly note: number }> = []
   const take = () => {
-    const s = sample(pid)
+    const s = sample(pid, children)
     if (s !== undefined) samples.push({ ...s, note: note() })
   }
   take()

@@ -12,7 +12,7 @@ import { freeNodePorts } from "../test/support/cluster.js"
 import * as Config from "../src/Config.js"
 import * as DevCluster from "../scripts/cluster.js"
 import { ask } from "../scripts/redis.js"
-import { runsAs, type Stage } from "./options.js"
+import { MULTI_PROCESS_STAGES, runsAs, type Stage } from "./options.js"
 import * as Pin from "./pin.js"
 import { setTimeout as sleep } from "node:timers/promises"
 
@@ -318,7 +318,10 @@ const cleanEnv = (env: Readonly<Record<string, string>>): NodeJS.ProcessEnv => {
 }
 
 export interface Server {
+  /** The server's process; for a stage of more than one process, its primary (the workers are its children). */
   readonly pid: number
+  /** More than one process: its CPU and memory are read over the primary and every process below it. */
+  readonly multiProcess: boolean
   readonly port: number
   readonly url: string
   /** Stops the process (SIGTERM, so the app flushes its buffer) and resolves with its exit code. */
@@ -343,19 +346,23 @@ export const pinServers = (to: Pin.Pinning | undefined) => {
   pinning = to
 }
 
-/** Starts a server process (on the servers' CPU when pinned) and waits until every path in `ready` answers 200. */
+/**
+ * Starts a server process (on the servers' CPU when pinned; with `everyCpu`, on every CPU: a primary and its workers)
+ * and waits until every path in `ready` answers 200.
+ */
 const startServer = async (
   what: string,
   command: string,
   args: ReadonlyArray<string>,
   env: Readonly<Record<string, string>>,
   ready: ReadonlyArray<string>,
-  timeoutMs = 30_000
+  timeoutMs = 30_000,
+  everyCpu = false
 ): Promise<Server> => {
   const port = await freePort()
   const url = `http://127.0.0.1:${port}`
   const child = await launch(
-    ...Pin.serverCommand(pinning, command, args),
+    ...Pin.serverCommand(pinning, command, args, everyCpu),
     cleanEnv({ ...env, HOST: "127.0.0.1", PORT: String(port) })
   )
   const remove = onStop(async () => void (await child.stop()))
@@ -372,6 +379,7 @@ const startServer = async (
   }
   return {
     pid: child.pid,
+    multiProcess: everyCpu,
     port,
     url,
     output: () => child.lines.join("\n"),
@@ -446,7 +454,8 @@ export const envOf = (stage: Stage, nodes: ReadonlyArray<RedisNode>, rateLimits 
 
 /**
  * `node dist/main.js` for one stage, with the default cache TTL and flush interval. Ready once `GET /` answers and,
- * with Redis behind it, `GET /health` too (the listener opens before the first Redis connection is made).
+ * with Redis behind it, `GET /health` too (the listener opens before the first Redis connection is made). A stage of
+ * more than one process (`full-workers2`) may run on every CPU, and is measured over its primary and workers.
  */
 export const startApp = (stage: Stage, nodes: ReadonlyArray<RedisNode>, rateLimits = false): Promise<Server> =>
   startServer(
@@ -454,7 +463,9 @@ export const startApp = (stage: Stage, nodes: ReadonlyArray<RedisNode>, rateLimi
     process.execPath,
     [snapshot === undefined ? APP_ENTRY : join(snapshot, "dist", "main.js")],
     envOf(stage, nodes, rateLimits),
-    nodes.length > 0 ? ["/", "/health"] : ["/"]
+    nodes.length > 0 ? ["/", "/health"] : ["/"],
+    30_000,
+    MULTI_PROCESS_STAGES.includes(stage)
   )
 
 /** The peer of a stage (bench/peers/fastify.ts), configured as the app is; it is up once listening. */

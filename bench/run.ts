@@ -14,6 +14,7 @@ import * as Monitor from "./monitor.js"
 import * as Pin from "./pin.js"
 import {
   CLUSTER_STAGES,
+  MULTI_PROCESS_STAGES,
   type Options,
   parse,
   PEER_STAGES,
@@ -44,7 +45,7 @@ import {
 const log = (message: string) => process.stderr.write(`${message}\n`)
 const lastLines = (output: string) => output.split("\n").slice(-30).join("\n")
 
-const SHARDED: ReadonlyArray<Stage> = ["sharded", "full"]
+const SHARDED: ReadonlyArray<Stage> = ["sharded", "full", "full-workers2"]
 /** Cores of other work on the machine past which a row is called skewed. */
 const BUSY = 0.2
 /** How often the server's memory and CPU are read during a measurement. */
@@ -128,7 +129,7 @@ const measure = async (
   const admins = redisNodes.map((n) => n.admin)
   const monitors = await watchAll(options, redisNodes)
   const before = admins.length > 0 ? await Commandstats.readAll(admins) : undefined
-  const watcher = Proc.watch(server.pid, SAMPLE_MS)
+  const watcher = Proc.watch(server.pid, SAMPLE_MS, undefined, server.multiProcess)
   // The app's own view of the window: its /metrics, read beside the load (only the app has them).
   const scraper = kind === "stage" ? Scrape.watch(server.url) : undefined
   const other = Proc.otherLoad()
@@ -334,8 +335,12 @@ const machine = (redisVersion: string | undefined, pinning: Pin.Pinning | undefi
   pinning: pinning ?? null
 })
 
-const pinned = (pinning: Pin.Pinning | undefined) =>
-  pinning === undefined ? " (not pinned)" : ` (server on CPU ${pinning.server}, wrk and Redis on ${pinning.harness})`
+const pinned = (pinning: Pin.Pinning | undefined, stages: ReadonlyArray<Stage>) => {
+  if (pinning === undefined) return " (not pinned)"
+  const every = stages.filter((s) => MULTI_PROCESS_STAGES.includes(s))
+  const onEvery = every.length > 0 ? `; ${every.join(", ")} on every CPU` : ""
+  return ` (server on CPU ${pinning.server}, wrk and Redis on ${pinning.harness}${onEvery})`
+}
 
 /** The stages whose peer runs beside them. */
 const peered = (options: Options) => (options.peers ? options.stages.filter((s) => PEER_STAGES.includes(s)) : [])
@@ -492,8 +497,12 @@ const main = async (argv: ReadonlyArray<string>) => {
       errors: "wrk's socket errors (connect, read, write) and timeouts (10 s)",
       redis:
         "per 1,000 2xx answers, all Redis nodes of the stage summed, from the start of the measured window until the app has exited (its final flush included). perThousand and byCommand: the commands clients sent, a script call (EVALSHA) counting once, counted with MONITOR (whose lines tell a script's own commands apart); allPerThousand and allByCommand: every command Redis executed, those scripts ran inside included, from INFO commandstats; INFO, ECHO, MONITOR, QUIT, CLIENT, CONFIG, COMMAND, HELLO, SELECT, FLUSHALL and REPLCONF (a replica's acknowledgements to its master) are left out of both; for the cluster stages, the masters only",
-      peakRssMb: "VmHWM of the server process, which is started afresh for each row (warm-up included)",
-      cpuCores: "CPU seconds the server process used during the measured window, per second",
+      peakRssMb:
+        "VmHWM of the server process, which is started afresh for each row (warm-up included); for full-workers2 the sum of its primary's and workers' (each process's own peak)",
+      cpuCores:
+        "CPU seconds the server process used during the measured window, per second; for full-workers2 the sum over its primary and every process below it (its workers)",
+      workers:
+        "the full-workers2 rows: POLL_STAGE=full with WORKERS=2, a primary forking two workers through node:cluster; started on every CPU (taskset with all the harness's CPUs) rather than alone on the server's one, so the workers share cores with wrk and Redis",
       loadCores:
         "CPU seconds wrk used (every thread, from clock() in its script), per second of its run: near its thread count, wrk would be the limit",
       otherCores:
@@ -502,7 +511,7 @@ const main = async (argv: ReadonlyArray<string>) => {
       cluster: `the cluster and cluster-wait0 rows: POLL_STAGE=cluster on a Redis Cluster the harness starts (scripts/cluster.ts's nodes: 3 masters and a replica each, AOF on, appendfsync ${options.fsync}, on loopback), REDIS_CLUSTER naming its masters; cluster leaves REDIS_WAIT_REPLICAS unset (1 here, every master having a replica), cluster-wait0 sets it to 0 (no WAIT after a flushed batch); waitReplicas is what the app said it would wait for, and redis counts the masters' commands (the replicas' copies of them are not counted)`,
       metrics: `rows of the app and memory checks: its GET /metrics read every ${Scrape.SCRAPE_MS} ms during the measured window (bench/scrape.ts), outside wrk's load and not counted in it (the app's CPU time includes answering them); each reading has the buffered votes and entries (every node; null without a write-behind buffer), the flush batches and failures, the seconds those batches took to send (flushSeconds; the table's ms/batch is its mean per batch), and the results cache's hits and misses since the first reading, the results and definitions caches' hit ratios since the previous reading (null when nothing was looked up), and the event loop's p99 delay in ms`,
       pinning:
-        "CPUs (taskset lists) of the harness, which runs the direct ioredis baselines and starts wrk and redis-server (they inherit its CPUs), and of every server under test, each alone on its CPU; null: not pinned, the kernel placed everything"
+        "CPUs (taskset lists) of the harness, which runs the direct ioredis baselines and starts wrk and redis-server (they inherit its CPUs), and of every server under test, each alone on its CPU (full-workers2, a primary and two workers: on every CPU, the harness's too); null: not pinned, the kernel placed everything"
     },
     rows,
     rss,
@@ -526,7 +535,7 @@ const main = async (argv: ReadonlyArray<string>) => {
       ],
       workloads: throughput,
       subtitle: [
-        `wrk, ${options.connections} connections, ${options.duration} s per bar; ${m.cores} cores${pinned(pinning)}, ${m.memoryGiB} GiB, ${m.cpu}; Node ${m.node}, Redis ${m.redis ?? "-"}; ${report.date.slice(0, 10)}`,
+        `wrk, ${options.connections} connections, ${options.duration} s per bar; ${m.cores} cores${pinned(pinning, options.stages)}, ${m.memoryGiB} GiB, ${m.cpu}; Node ${m.node}, Redis ${m.redis ?? "-"}; ${report.date.slice(0, 10)}`,
         ...(busiest > BUSY
           ? [`other work on the machine took up to ${busiest.toFixed(2)} cores during a bar: skewed`]
           : [])
@@ -554,7 +563,7 @@ const main = async (argv: ReadonlyArray<string>) => {
 
   const print = (text: string) => process.stdout.write(`${text}\n`)
   print(
-    `\nlivepoll benchmark: wrk (${threads} thread${threads === 1 ? "" : "s"}), ${options.connections} connections, ${throughput.length > 0 ? `${options.duration} s per row (+${options.warmup} s warm-up)` : `${options.rssVotes.toLocaleString("en-US")} votes on distinct polls per stage, at most ${options.rssMaxSeconds} s`}; ${m.cores} cores${pinned(pinning)}, ${m.memoryGiB} GiB, Node ${m.node}, Redis ${m.redis ?? "-"}\n`
+    `\nlivepoll benchmark: wrk (${threads} thread${threads === 1 ? "" : "s"}), ${options.connections} connections, ${throughput.length > 0 ? `${options.duration} s per row (+${options.warmup} s warm-up)` : `${options.rssVotes.toLocaleString("en-US")} votes on distinct polls per stage, at most ${options.rssMaxSeconds} s`}; ${m.cores} cores${pinned(pinning, options.stages)}, ${m.memoryGiB} GiB, Node ${m.node}, Redis ${m.redis ?? "-"}\n`
   )
   if (busiest > BUSY) {
     print(

@@ -11,6 +11,7 @@ import * as Load from "../bench/load.js"
 import * as Monitor from "../bench/monitor.js"
 import { defaults, parse, type Workload } from "../bench/options.js"
 import * as Pin from "../bench/pin.js"
+import * as Proc from "../bench/proc.js"
 import { envOf, type RedisNode, waitReplicasOf } from "../bench/processes.js"
 import {
   bareCheck,
@@ -488,6 +489,7 @@ describe("bench options", () => {
       "batched",
       "sharded",
       "full",
+      "full-workers2",
       "cluster",
       "cluster-wait0"
     ])
@@ -518,6 +520,11 @@ describe("bench options", () => {
     expect(cluster).not.toHaveProperty("REDIS_WAIT_REPLICAS")
     expect(cluster).not.toHaveProperty("REDIS_NODES")
     expect(envOf("cluster-wait0", masters)).toEqual({ ...cluster, REDIS_WAIT_REPLICAS: "0" })
+    // full on two workers: full's nodes and settings, and WORKERS=2; full itself runs as one process.
+    const nodes = [1, 2].map((n) => ({ url: `redis://127.0.0.1:${n}` }) as RedisNode)
+    expect(envOf("full", nodes)).not.toHaveProperty("WORKERS")
+    expect(envOf("full-workers2", nodes)).toEqual({ ...envOf("full", nodes), WORKERS: "2" })
+    expect(parse(["--stages", "full-workers2,full"])).toMatchObject({ stages: ["full", "full-workers2"] })
     const measured = envOf("full", [], true)
     expect(measured).toMatchObject({ RATE_LIMIT: "on" })
     expect(Number(measured.RATE_LIMIT_CLIENT)).toBeGreaterThan(1e8)
@@ -560,6 +567,63 @@ describe("pinning", () => {
     const cpus = execFileSync(command, args, { encoding: "utf8" })
     expect(cpus).toBe(pinning === undefined ? allowedCpus().join(",") : pinning.server)
     expect(Pin.serverCommand(undefined, "node", ["a.js"])).toEqual(["node", ["a.js"]])
+  })
+
+  it("starts a server of a primary and workers on every CPU", () => {
+    const pinning = Pin.plan(allowedCpus())
+    const [command, args] = Pin.serverCommand(
+      pinning,
+      process.execPath,
+      ["-e", "process.stdout.write(JSON.stringify(require('os').availableParallelism()))"],
+      true
+    )
+    expect(Number(execFileSync(command, args, { encoding: "utf8" }))).toBe(allowedCpus().length)
+    expect(Pin.serverCommand({ harness: "0,1", server: "2" }, "node", ["a.js"], true)).toEqual([
+      "taskset",
+      ["-c", "0,1,2", "node", "a.js"]
+    ])
+  })
+})
+
+describe("a server's CPU time", () => {
+  // A parent that spends next to no CPU and a child that burns some, alive, then exited and reaped by the parent.
+  const parent = `
+    const { spawn } = require("node:child_process")
+    const child = spawn(process.execPath, ["-e", "while (process.cpuUsage().user + process.cpuUsage().system < 500000); console.log('burnt'); setInterval(() => {}, 1000)"], { stdio: ["ignore", "pipe", "inherit"] })
+    child.stdout.on("data", () => console.log("burnt " + child.pid))
+    child.once("exit", () => console.log("reaped"))
+    process.stdin.once("data", () => child.kill())
+    setInterval(() => {}, 1000)
+  `
+
+  it("counts the processes below it, alive and reaped, with children", async () => {
+    const proc = spawn(process.execPath, ["-e", parent], { stdio: ["pipe", "pipe", "inherit"] })
+    let out = ""
+    proc.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()))
+    try {
+      const childPid = await eventually(async () => /burnt (\d+)/.exec(out)?.[1], {
+        what: "the child's burn",
+        timeoutMs: 15_000
+      })
+      expect(Proc.descendants(proc.pid!)).toEqual([Number(childPid)])
+      const alone = Proc.sample(proc.pid!)!
+      const alive = Proc.sample(proc.pid!, true)!
+      const child = Proc.sample(Number(childPid))!
+      expect(child.cpuSeconds).toBeGreaterThanOrEqual(0.4)
+      expect(alive.cpuSeconds - alone.cpuSeconds).toBeGreaterThanOrEqual(child.cpuSeconds - 0.02)
+      expect(alive.rssMb).toBeGreaterThan(alone.rssMb)
+      proc.stdin.write("stop\n")
+      await eventually(async () => (out.includes("reaped") ? true : undefined), {
+        what: "the child's exit",
+        timeoutMs: 15_000
+      })
+      expect(Proc.descendants(proc.pid!)).toEqual([])
+      const reaped = Proc.sample(proc.pid!, true)!
+      // Gone, its time is the parent's cutime/cstime: still counted with children, not without.
+      expect(reaped.cpuSeconds - Proc.sample(proc.pid!)!.cpuSeconds).toBeGreaterThanOrEqual(child.cpuSeconds - 0.02)
+    } finally {
+      proc.kill()
+    }
   })
 })
 
