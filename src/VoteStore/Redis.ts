@@ -183,6 +183,22 @@ local merged = 0
 if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then merged = 1 end
 return { redis.call('HGETALL', KEYS[1]), merged, applied }`
 
+/** A write that reached `node` after its caller had given up on it (the fence): not applied, a 503. */
+const tooLateOn = (node: string) =>
+  new StoreUnavailable({ node, reason: "the vote reached the node after its deadline" })
+
+/** A vote script's refusal: -1 the poll is at its option cap, -2 the vote came too late; undefined: it counted. */
+const voteRefusal = (result: number, pollId: PollId, tooLate: StoreUnavailable): VoteError | undefined =>
+  result === -1 ? new TooManyOptions({ pollId }) : result === -2 ? tooLate : undefined
+
+/** A voter script's refusal: 0 the voter has voted, -2 the vote came too late; undefined: it counted. */
+const voterRefusal = (
+  result: number,
+  pollId: PollId,
+  tooLate: StoreUnavailable
+): VoteError | AlreadyVoted | undefined =>
+  result === 0 ? new AlreadyVoted({ pollId }) : result === -2 ? tooLate : undefined
+
 /** The scripts on one poll's keys, the same on a node and on a cluster (each call keeps to the poll's slot). */
 export interface PollScripts {
   livepollVote(key: string, option: string, max: number, deadline: number): Promise<number>
@@ -260,7 +276,7 @@ export const pollCommands = (options: {
   readonly batchKey: (pollId: PollId, batchId: string) => string
 }): Pick<VoteStoreShape, "vote" | "voteOnce" | "results" | "exactResults"> => {
   const { batchKey, call, client, deadline, pipelined, servedVia } = options
-  const tooLate = new StoreUnavailable({ node: servedVia, reason: "the vote reached the node after its deadline" })
+  const tooLate = tooLateOn(servedVia)
   const results = (pollId: PollId) =>
     Effect.map(
       call("results", () => client.hgetall(countsKey(pollId))),
@@ -274,16 +290,14 @@ export const pollCommands = (options: {
     vote: (pollId: PollId, optionId: OptionId) =>
       Effect.flatMap(
         call("vote", () => client.livepollVote(countsKey(pollId), optionId, MAX_OPTIONS_PER_POLL, deadline(pollId))),
-        (result): Effect.Effect<void, VoteError> =>
-          result === -1 ? new TooManyOptions({ pollId }) : result === -2 ? tooLate : Effect.void
+        (result): Effect.Effect<void, VoteError> => voteRefusal(result, pollId, tooLate) ?? Effect.void
       ),
     voteOnce: (pollId, optionId, voterId) =>
       Effect.flatMap(
         call("vote", () =>
           pipelined.livepollVoteOnce(countsKey(pollId), votersKey(pollId), optionId, voterId, deadline(pollId))
         ),
-        (result): Effect.Effect<void, VoteError | AlreadyVoted> =>
-          result === 0 ? new AlreadyVoted({ pollId }) : result === -2 ? tooLate : Effect.void
+        (result): Effect.Effect<void, VoteError | AlreadyVoted> => voterRefusal(result, pollId, tooLate) ?? Effect.void
       ),
     results,
     exactResults: (pollId: PollId, batchIds: ReadonlyArray<string>) =>
@@ -379,7 +393,7 @@ export const makeNode = Effect.fn("VoteStore.redis.makeNode")(function* (options
   const clock = yield* RedisClient.serverClock(client, RedisClient.commandTimeoutOf(options))
   const call = RedisClient.caller(options)
   const store = storeOn(options, client, pipelined, call, clock.deadline)
-  const tooLate = new StoreUnavailable({ node: options.name, reason: "the vote reached the node after its deadline" })
+  const tooLate = tooLateOn(options.name)
   const arriving = new StoreUnavailable({ node: options.name, reason: "the poll's voters are still moving here" })
   const growth: Growth = {
     voteUnlessMoved: (pollId, optionId) =>
@@ -387,14 +401,9 @@ export const makeNode = Effect.fn("VoteStore.redis.makeNode")(function* (options
         call("vote", () =>
           client.livepollVoteUnlessMoved(...movedCheckKeys(pollId), optionId, MAX_OPTIONS_PER_POLL, clock.deadline())
         ),
+        // -3: moved, nothing applied.
         (result): Effect.Effect<boolean, VoteError> =>
-          result === -3
-            ? Effect.succeed(true)
-            : result === -1
-              ? new TooManyOptions({ pollId })
-              : result === -2
-                ? tooLate
-                : Effect.succeed(false)
+          result === -3 ? Effect.succeed(true) : (voteRefusal(result, pollId, tooLate) ?? Effect.succeed(false))
       ),
     voteOnceUnlessMoved: (pollId, optionId, voterId) =>
       Effect.flatMap(
@@ -402,13 +411,7 @@ export const makeNode = Effect.fn("VoteStore.redis.makeNode")(function* (options
           pipelined.livepollVoteOnceUnlessMoved(...movedCheckKeys(pollId), optionId, voterId, clock.deadline())
         ),
         (result): Effect.Effect<boolean, VoteError | AlreadyVoted> =>
-          result === -3
-            ? Effect.succeed(true)
-            : result === 0
-              ? new AlreadyVoted({ pollId })
-              : result === -2
-                ? tooLate
-                : Effect.succeed(false)
+          result === -3 ? Effect.succeed(true) : (voterRefusal(result, pollId, tooLate) ?? Effect.succeed(false))
       ),
     voteOnceArriving: (pollId, optionId, voterId) =>
       Effect.flatMap(
@@ -423,7 +426,7 @@ export const makeNode = Effect.fn("VoteStore.redis.makeNode")(function* (options
           )
         ),
         (result): Effect.Effect<void, VoteError | AlreadyVoted> =>
-          result === -4 ? arriving : result === 0 ? new AlreadyVoted({ pollId }) : result === -2 ? tooLate : Effect.void
+          result === -4 ? arriving : (voterRefusal(result, pollId, tooLate) ?? Effect.void)
       ),
     applyBatchUnlessMoved: (batch, checked) => {
       const keys: Array<string> = [batchKey(batch.id), MIGRATING_KEY]
