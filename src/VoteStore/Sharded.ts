@@ -11,6 +11,27 @@ export interface ShardNode {
   readonly store: VoteStoreShape
 }
 
+/** Entries keyed by poll, split by a key of each poll (the node it lives on). */
+const partsBy = <K, V>(entries: Iterable<readonly [PollId, V]>, keyOf: (pollId: PollId) => K) => {
+  const parts = new Map<K, Map<PollId, V>>()
+  for (const [pollId, value] of entries) {
+    const key = keyOf(pollId)
+    let part = parts.get(key)
+    if (part === undefined) parts.set(key, (part = new Map()))
+    part.set(pollId, value)
+  }
+  return parts
+}
+
+/** Every node's health in one: their nodes, and the votes they hold pending. */
+const healthOf = (nodes: ReadonlyArray<ShardNode>) =>
+  Effect.forEach(nodes, (n) => n.store.health, { concurrency: "unbounded" }).pipe(
+    Effect.map((all) => ({
+      nodes: all.flatMap((h) => h.nodes),
+      pendingVotes: all.reduce((sum, h) => sum + h.pendingVotes, 0)
+    }))
+  )
+
 /** Routes each poll to one node of a consistent-hash ring over the nodes' names. */
 export const make = (nodes: ReadonlyArray<ShardNode>, virtualNodes = Ring.DEFAULT_VIRTUAL_NODES): VoteStoreShape => {
   const ring = Ring.make(
@@ -20,16 +41,8 @@ export const make = (nodes: ReadonlyArray<ShardNode>, virtualNodes = Ring.DEFAUL
   const byName = new Map(nodes.map((n) => [n.name, n.store]))
   const storeFor = (pollId: PollId) => byName.get(Ring.nodeFor(ring, pollId))!
   /** Entries keyed by poll, split by the node each poll lives on. */
-  const byNode = <V>(entries: Iterable<readonly [PollId, V]>) => {
-    const parts = new Map<string, Map<PollId, V>>()
-    for (const [pollId, value] of entries) {
-      const node = Ring.nodeFor(ring, pollId)
-      let part = parts.get(node)
-      if (part === undefined) parts.set(node, (part = new Map()))
-      part.set(pollId, value)
-    }
-    return parts
-  }
+  const byNode = <V>(entries: Iterable<readonly [PollId, V]>) =>
+    partsBy(entries, (pollId) => Ring.nodeFor(ring, pollId))
   return {
     vote: (pollId: PollId, optionId: OptionId) => storeFor(pollId).vote(pollId, optionId),
     voteOnce: (pollId, optionId, voterId) => storeFor(pollId).voteOnce(pollId, optionId, voterId),
@@ -52,12 +65,7 @@ export const make = (nodes: ReadonlyArray<ShardNode>, virtualNodes = Ring.DEFAUL
         { concurrency: "unbounded", discard: true }
       ),
     partitionOf: (pollId: PollId) => Ring.nodeFor(ring, pollId),
-    health: Effect.forEach(nodes, (n) => n.store.health, { concurrency: "unbounded" }).pipe(
-      Effect.map((all) => ({
-        nodes: all.flatMap((h) => h.nodes),
-        pendingVotes: all.reduce((sum, h) => sum + h.pendingVotes, 0)
-      }))
-    )
+    health: healthOf(nodes)
   }
 }
 
@@ -94,16 +102,10 @@ export const makeGrowing = (
   const oldOwner = (pollId: PollId) => byName.get(Ring.nodeFor(oldRing, pollId))!
   const newOwner = (pollId: PollId) => byName.get(Ring.nodeFor(newRing, pollId))!
   const moves = (pollId: PollId) => Ring.nodeFor(oldRing, pollId) !== Ring.nodeFor(newRing, pollId)
-  const byNode = <V>(entries: Iterable<readonly [PollId, V]>, owner: (pollId: PollId) => GrowthNode) => {
-    const parts = new Map<GrowthNode, Map<PollId, V>>()
-    for (const [pollId, value] of entries) {
-      const node = owner(pollId)
-      let part = parts.get(node)
-      if (part === undefined) parts.set(node, (part = new Map()))
-      part.set(pollId, value)
-    }
-    return parts
-  }
+  const byNode: <V>(
+    entries: Iterable<readonly [PollId, V]>,
+    owner: (pollId: PollId) => GrowthNode
+  ) => Map<GrowthNode, Map<PollId, V>> = partsBy
 
   /** A moving poll's counts: the old owner's, or once it has moved the new owner's and what is staged unless merged. */
   const readMoving = (pollId: PollId, batchIds: ReadonlyArray<string>) =>
@@ -203,12 +205,7 @@ export const makeGrowing = (
         { concurrency: "unbounded", discard: true }
       ),
     partitionOf: (pollId: PollId) => Ring.nodeFor(oldRing, pollId),
-    health: Effect.forEach(nodes, (n) => n.store.health, { concurrency: "unbounded" }).pipe(
-      Effect.map((all) => ({
-        nodes: all.flatMap((h) => h.nodes),
-        pendingVotes: all.reduce((sum, h) => sum + h.pendingVotes, 0)
-      }))
-    )
+    health: healthOf(nodes)
   }
 }
 
