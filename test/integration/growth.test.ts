@@ -1,9 +1,8 @@
 import { spawn } from "node:child_process"
-import type { Redis } from "ioredis"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import * as Ring from "../../src/Ring.js"
-import { type App, killAllApps, startApp } from "../support/app.js"
-import { type RedisServer, startRedis } from "../support/redis.js"
+import { type App, startApp } from "../support/app.js"
+import { threeShards } from "../support/shards.js"
 import { sleep } from "../support/wait.js"
 
 /**
@@ -27,12 +26,7 @@ const ONCE = Array.from({ length: 8 }, (_, i) => `once-${i}`)
 const OPTIONS = ["A", "B"]
 const JSON_HEADERS = { "content-type": "application/json" }
 
-let a: RedisServer
-let b: RedisServer
-let c: RedisServer
-const raw: Record<string, Redis> = {}
-const twoNodes = () => `node_a=${a.url},node_b=${b.url}`
-const threeNodes = () => `${twoNodes()},node_c=${c.url}`
+const { raw, twoNodes, threeNodes } = threeShards()
 
 interface Slot {
   app: App
@@ -48,18 +42,6 @@ const startOn = (env: Record<string, string>) =>
     readyTimeoutMs: START_TIMEOUT_MS,
     env: { POLL_STAGE: "full", FLUSH_INTERVAL_MS: "50", CACHE_TTL_MS: "100", ...env }
   })
-
-beforeAll(async () => {
-  ;[a, b, c] = await Promise.all([startRedis(), startRedis(), startRedis()])
-  raw.node_a = a.client()
-  raw.node_b = b.client()
-  raw.node_c = c.client()
-}, 30_000)
-
-afterAll(async () => {
-  await killAllApps()
-  await Promise.all([a?.stop(), b?.stop(), c?.stop()])
-})
 
 const reshard = (flag: "--online" | "--finish") =>
   new Promise<{ code: number | null; output: string }>((resolve) => {

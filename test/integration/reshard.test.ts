@@ -2,14 +2,14 @@ import { type ChildProcess, spawn } from "node:child_process"
 import { createInterface } from "node:readline"
 import { Effect, Logger } from "effect"
 import type { Redis } from "ioredis"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { beforeAll, describe, expect, it } from "vitest"
 import { parseRedisNodes } from "../../src/Config.js"
 import { positionKey, positionOf } from "../../src/Polls.js"
 import { CREATED_KEY, INDEX_KEY } from "../../src/Polls/Redis.js"
 import * as Reshard from "../../src/Reshard.js"
 import * as Ring from "../../src/Ring.js"
-import { type App, killAllApps, startApp } from "../support/app.js"
-import { type RedisServer, startRedis } from "../support/redis.js"
+import { type App, startApp } from "../support/app.js"
+import { threeShards } from "../support/shards.js"
 
 /**
  * `npm run reshard` over real redis-servers: 300 polls of every kind voted on a two-shard `full` app, a third shard
@@ -20,12 +20,7 @@ import { type RedisServer, startRedis } from "../support/redis.js"
 const POLLS = 300
 const START_TIMEOUT_MS = 60_000
 
-let a: RedisServer
-let b: RedisServer
-let c: RedisServer
-const raw: Record<string, Redis> = {}
-const twoNodes = () => `node_a=${a.url},node_b=${b.url}`
-const threeNodes = () => `${twoNodes()},node_c=${c.url}`
+const { servers, raw, twoNodes, threeNodes } = threeShards()
 const nodesOf = (list: string) => {
   const parsed = parseRedisNodes(list)
   if (parsed._tag === "Left") throw new Error(parsed.left)
@@ -182,11 +177,6 @@ function moves(id: string) {
 }
 
 beforeAll(async () => {
-  ;[a, b, c] = await Promise.all([startRedis(), startRedis(), startRedis()])
-  raw.node_a = a.client()
-  raw.node_b = b.client()
-  raw.node_c = c.client()
-
   const app = await startOn(twoNodes())
   const ids = Array.from({ length: POLLS }, (_, i) => i)
   await inBatches(ids, 20, async (i) => {
@@ -235,11 +225,6 @@ beforeAll(async () => {
   seededState = await stateOn(NAMES2)
   expect(seededState.size).toBe(POLLS)
 }, 180_000)
-
-afterAll(async () => {
-  await killAllApps()
-  await Promise.all([a?.stop(), b?.stop(), c?.stop()])
-})
 
 /** Every page of the listing. */
 const listing = async (app: App) => {
@@ -377,7 +362,7 @@ describe("npm run reshard", () => {
     const missing = cli([])
     expect(await missing.exited).toBe(1)
     expect(missing.lines.join("\n")).toMatch(/--to is missing\nusage: npm run reshard/)
-    const clash = cli(["--to", `node_a=${c.url},node_b=${b.url}`])
+    const clash = cli(["--to", `node_a=${servers.node_c!.url},node_b=${servers.node_b!.url}`])
     expect(await clash.exited).toBe(1)
     expect(clash.lines.join("\n")).toMatch(/node node_a is redis:\/\/127\.0\.0\.1:\d+ in one list and .* in the other/)
     expect(await Promise.all(NAMES3.map((n) => snapshot(raw[n]!)))).toEqual(before)
