@@ -882,7 +882,7 @@ export const make = (options: FakeClusterOptions): Effect.Effect<FakeCluster> =>
         pipelined: storeClient(clientOf(`${name}/voters`)),
         flusher: storeClient(clientOf(`${name}/batches`)),
         call,
-        deadline: () => 0,
+        fenced: (_, send) => send(0),
         health
       }),
       nodes: () =>

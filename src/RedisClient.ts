@@ -127,34 +127,50 @@ if tonumber(ARGV[${i}]) > 0 then
   if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[${i}]) then return -2 end
 end`
 
+/** A write fenced on a node's clock: see `serverClock`. */
+export interface ServerClock {
+  /**
+   * Sends a write with the deadline of one that starts now, on the node's clock. Until the node's clock has been read
+   * once, it asks for a reading and waits for it, and fails without sending if none comes before the deadline would
+   * have passed: a write sent without a fence could be applied after its caller gave up.
+   */
+  readonly fenced: <A>(send: (deadline: number) => Promise<A>) => Promise<A>
+}
+
 /**
  * The node's clock as this process sees it, so that a write which reaches the node after its caller gave up (and
  * answered 503) is not applied: a late write would otherwise be counted though the client was told it was not, and
- * counted again when the client retries. Measured with TIME when the connection is ready and every 30 s, as an offset,
- * so the two hosts' clocks need not agree. The node read its clock somewhere within the round trip, so the offset is
- * taken at its earliest (node time minus our time when the answer came): a deadline is then early by at most the
- * round trip, never late. `deadline()` is on the node's clock, 0 (no fence) until a reading exists; `timeoutMs` is
- * the command time-out of the client's node.
+ * counted again when the client retries. Measured with TIME when the connection is ready, every 30 s, and whenever a
+ * write is waiting for a first reading, as an offset, so the two hosts' clocks need not agree. The node read its clock
+ * somewhere within the round trip, so the offset is taken at its earliest (node time minus our time when the answer
+ * came): a deadline is then early by at most the round trip, never late. `timeoutMs` is the command time-out of the
+ * client's node.
  */
-export const serverClock = (
-  client: Redis,
-  timeoutMs: number
-): Effect.Effect<{ readonly deadline: () => number }, never, Scope.Scope> =>
+export const serverClock = (client: Redis, timeoutMs: number): Effect.Effect<ServerClock, never, Scope.Scope> =>
   Effect.gen(function* () {
     let offset: number | undefined
     let retry: NodeJS.Timeout | undefined
+    let measuring = false
+    /** Writes waiting for the first reading. */
+    const waiting = new Set<() => void>()
     const measure = () => {
+      if (measuring) return
+      measuring = true
       clearTimeout(retry)
       const sentAt = Date.now()
       client.time().then(
         ([seconds, micros]) => {
+          measuring = false
           const receivedAt = Date.now()
           if (receivedAt - sentAt <= CLOCK_MAX_ROUND_TRIP_MS) {
             offset = Number(seconds) * 1000 + Number(micros) / 1000 - receivedAt
+            for (const resume of waiting) resume()
+            waiting.clear()
           } else if (offset === undefined) retry = setTimeout(measure, CLOCK_RETRY_MS)
         },
         () => {
-          // Not connected: the next connection measures again.
+          // Not connected: the next connection, or the next waiting write, measures again.
+          measuring = false
         }
       )
     }
@@ -167,8 +183,26 @@ export const serverClock = (
         clearTimeout(retry)
       })
     )
+    const windowMs = timeoutMs - FENCE_MARGIN_MS
+    const firstReading = () =>
+      new Promise<void>((resolve, reject) => {
+        const resume = () => {
+          clearTimeout(giveUp)
+          resolve()
+        }
+        const giveUp = setTimeout(() => {
+          waiting.delete(resume)
+          reject(new Error("timed out waiting for a reading of the node's clock"))
+        }, windowMs)
+        waiting.add(resume)
+        measure()
+      })
     return {
-      deadline: () => (offset === undefined ? 0 : Math.floor(Date.now() + offset + timeoutMs - FENCE_MARGIN_MS))
+      fenced: <A>(send: (deadline: number) => Promise<A>): Promise<A> => {
+        const start = Date.now()
+        if (offset !== undefined) return send(Math.floor(start + offset + windowMs))
+        return firstReading().then(() => send(Math.floor(start + offset! + windowMs)))
+      }
     }
   })
 

@@ -50,25 +50,80 @@ describe("the command time-out of a node", () => {
     expect(Either.isLeft(byDefault.value!)).toBe(true)
   })
 
+  /** A node whose clock agrees with ours (so deadlines are ours too), answering TIME when `answer` says. */
+  const nodeAnswering = (status: string, answer: (reply: () => void) => void) => {
+    const asked: Array<number> = []
+    const client = Object.assign(new EventEmitter(), {
+      status,
+      time: () =>
+        new Promise<[string, string]>((resolve) => {
+          asked.push(Date.now())
+          answer(() => {
+            const now = Date.now()
+            resolve([String(Math.floor(now / 1000)), String((now % 1000) * 1000)])
+          })
+        })
+    }) as unknown as Redis
+    return { client, asked }
+  }
+
+  /** Runs `body` with the clock of `client` (900 ms command time-out), on fake timers. */
+  const withClock = <A>(client: Redis, body: (clock: RedisClient.ServerClock) => Promise<A>) =>
+    Effect.runPromise(
+      Effect.scoped(Effect.flatMap(RedisClient.serverClock(client, 900), (clock) => Effect.promise(() => body(clock))))
+    )
+
   it("decides the fence's deadline: a write stops applying FENCE_MARGIN_MS before its command times out", async () => {
     fakeTimers()
-    // A node whose clock agrees with ours, so the deadline is ours too.
-    const client = Object.assign(new EventEmitter(), {
-      status: "ready",
-      time: () => {
-        const now = Date.now()
-        return Promise.resolve([String(Math.floor(now / 1000)), String((now % 1000) * 1000)])
-      }
-    }) as unknown as Redis
-    const ahead = await Effect.runPromise(
-      Effect.scoped(
-        Effect.gen(function* () {
-          const clock = yield* RedisClient.serverClock(client, 900)
-          yield* Effect.promise(() => vi.advanceTimersByTimeAsync(0))
-          return clock.deadline() - Date.now()
+    const { client } = nodeAnswering("ready", (reply) => reply())
+    const ahead = await withClock(client, async (clock) => {
+      await vi.advanceTimersByTimeAsync(0)
+      return clock.fenced(async (deadline) => deadline - Date.now())
+    })
+    expect(ahead).toBe(900 - RedisClient.FENCE_MARGIN_MS)
+  })
+
+  it("sends no write without a fence: before the first reading a write asks for one and waits for it", async () => {
+    fakeTimers()
+    // A node connected lazily, on its first command: no reading until a write asks for one, answered 200 ms later.
+    const { client, asked } = nodeAnswering("wait", (reply) => setTimeout(reply, 200))
+    const { deadlines, sentAt } = await withClock(client, async (clock) => {
+      expect(asked).toEqual([])
+      const start = Date.now()
+      const sentAt: Array<number> = []
+      const writes = [1, 2].map(() =>
+        clock.fenced(async (deadline) => {
+          sentAt.push(Date.now() - start)
+          return deadline - start
         })
       )
-    )
-    expect(ahead).toBe(900 - RedisClient.FENCE_MARGIN_MS)
+      await vi.advanceTimersByTimeAsync(200)
+      return { deadlines: await Promise.all(writes), sentAt }
+    })
+    // One reading for both, and each deadline counts from when its write began, not from when the reading came.
+    expect(asked).toHaveLength(1)
+    expect(sentAt).toEqual([200, 200])
+    expect(deadlines).toEqual([900 - RedisClient.FENCE_MARGIN_MS, 900 - RedisClient.FENCE_MARGIN_MS])
+  })
+
+  it("fails a write without sending it when no reading comes before its deadline would have passed", async () => {
+    fakeTimers()
+    // A node that is stalled: TIME answers only after the write's window.
+    const { client } = nodeAnswering("wait", (reply) => setTimeout(reply, 2000))
+    const sent: Array<number> = []
+    const outcome = await withClock(client, async (clock) => {
+      const write = clock
+        .fenced(async (deadline) => sent.push(deadline))
+        .then(
+          () => "sent",
+          (error: Error) => error.message
+        )
+      await vi.advanceTimersByTimeAsync(900 - RedisClient.FENCE_MARGIN_MS)
+      const result = await write
+      await vi.advanceTimersByTimeAsync(2000)
+      return result
+    })
+    expect(outcome).toContain("timed out")
+    expect(sent).toEqual([])
   })
 })

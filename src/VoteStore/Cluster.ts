@@ -81,8 +81,8 @@ export interface StoreClients {
   readonly flusher: StoreClient
   /** Runs one client call, failing with StoreUnavailable (RedisClient.caller). */
   readonly call: <A>(what: string, run: () => Promise<A>) => Effect.Effect<A, StoreUnavailable>
-  /** The fence deadline of a vote on the master of a slot; 0 for none. */
-  readonly deadline: (slot: number) => number
+  /** Sends a vote fenced on the clock of its slot's master (RedisClient.ServerClock). */
+  readonly fenced: <A>(slot: number, send: (deadline: number) => Promise<A>) => Promise<A>
   readonly health: Effect.Effect<Health>
 }
 
@@ -98,34 +98,51 @@ const withScripts = (client: Cluster) => {
 
 /**
  * Each node's clock as this process sees it (RedisClient.serverClock per node), so a vote's fence deadline is on the
- * clock of the master that runs it; 0 (no fence) for a node not measured yet.
+ * clock of the master that runs it. Kept by node object: ioredis may replace a node's client with a new one for the
+ * same address before the old one's `-node`. A vote whose slot's master is in neither the client's pool nor this map
+ * is not sent (there is no clock to fence it with, and ioredis would send it to some node to be redirected): the
+ * slot map is read again, and that puts the master back in the pool.
  */
 const nodeClocks = (client: Cluster, timeoutMs: number) =>
   Effect.gen(function* () {
     const runSync = Runtime.runSync(yield* Effect.runtime<never>())
-    const clocks = new Map<string, { readonly deadline: () => number; readonly scope: Scope.CloseableScope }>()
+    const clocks = new Map<
+      string,
+      { readonly node: Redis; readonly clock: RedisClient.ServerClock; readonly scope: Scope.CloseableScope }
+    >()
     const forget = (key: string) => {
-      const clock = clocks.get(key)
-      if (clock === undefined) return
+      const entry = clocks.get(key)
+      if (entry === undefined) return
       clocks.delete(key)
-      runSync(Scope.close(clock.scope, Exit.void))
+      runSync(Scope.close(entry.scope, Exit.void))
     }
     const add = (node: Redis) => {
       const key = ClusterClient.nodeKey(node)
       forget(key)
       const scope = runSync(Scope.make())
       const clock = runSync(Scope.extend(RedisClient.serverClock(node, timeoutMs), scope))
-      clocks.set(key, { deadline: clock.deadline, scope })
+      clocks.set(key, { node, clock, scope })
+      return clock
     }
     client.on("+node", add)
     client.on("-node", (node: Redis) => {
-      if (clocks.get(ClusterClient.nodeKey(node)) !== undefined) forget(ClusterClient.nodeKey(node))
+      const key = ClusterClient.nodeKey(node)
+      if (clocks.get(key)?.node === node) forget(key)
     })
     for (const node of client.nodes("all")) add(node)
     yield* Effect.addFinalizer(() => Effect.sync(() => [...clocks.keys()].forEach(forget)))
-    return (slot: number): number => {
+    const clockOf = (master: string) => {
+      const known = clocks.get(master)?.clock
+      if (known !== undefined) return known
+      const node = client.nodes("all").find((n) => ClusterClient.nodeKey(n) === master)
+      if (node !== undefined) return add(node)
+      client.refreshSlotsCache()
+      return undefined
+    }
+    return <A>(slot: number, send: (deadline: number) => Promise<A>): Promise<A> => {
       const master = client.slots[slot]?.[0]
-      return master === undefined ? 0 : (clocks.get(master)?.deadline() ?? 0)
+      const clock = master === undefined ? undefined : clockOf(master)
+      return clock === undefined ? Promise.reject(new Error(`no master known for slot ${slot}`)) : clock.fenced(send)
     }
   })
 
@@ -185,7 +202,7 @@ export const makeFrom = Effect.fn("VoteStore.cluster.makeFrom")(function* (
     readonly replicasKnown?: number | undefined
   }
 ) {
-  const { call, client, deadline, flusher, pipelined } = clients
+  const { call, client, fenced, flusher, pipelined } = clients
   const { waitTimeoutMs } = options
   const waitReplicas =
     options.waitReplicas === "auto" ? (options.replicasKnown ?? replicasAtStart(client)) : options.waitReplicas
@@ -248,7 +265,7 @@ export const makeFrom = Effect.fn("VoteStore.cluster.makeFrom")(function* (
       pipelined,
       call,
       servedVia: REDIS_CLUSTER,
-      deadline: (pollId) => deadline(slotOf(pollId)),
+      fenced: (pollId, send) => fenced(slotOf(pollId), send),
       batchKey
     }),
     // A script may only touch keys of one slot: one read per slot, all at once, each to its slot's master.
@@ -371,7 +388,7 @@ export const make = Effect.fn("VoteStore.cluster.make")(function* (options: Clus
   const client = withScripts(yield* ClusterClient.acquire(options, { role: "commands" }))
   const pipelined = withScripts(yield* ClusterClient.acquire(options, { role: "voters", autoPipelining: true }))
   const flusher = withScripts(yield* ClusterClient.acquire(options, { role: "batches" }))
-  const deadline = yield* nodeClocks(client, timeoutMs)
+  const fenced = yield* nodeClocks(client, timeoutMs)
   const call = RedisClient.caller({ name: REDIS_CLUSTER, commandTimeoutMs: timeoutMs })
   const replicasKnown =
     options.waitReplicas === "auto" && client.status === "ready" ? yield* replicasSeen(client, call) : undefined
@@ -381,7 +398,7 @@ export const make = Effect.fn("VoteStore.cluster.make")(function* (options: Clus
       pipelined,
       flusher,
       call,
-      deadline,
+      fenced,
       health: health(client, timeoutMs)
     },
     {

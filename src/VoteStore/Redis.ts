@@ -263,7 +263,8 @@ export const toCounts = (flat: ReadonlyArray<string>): Record<string, number> =>
 
 /**
  * Votes and reads of one poll, each a script or command on the keys of its hash tag: the same on a node and on a
- * cluster. `deadline` is the fence of a vote on the poll's node (0: none); `servedVia` names the reads and the
+ * cluster. `fenced` sends a vote with the fence of the poll's node (RedisClient.ServerClock); `servedVia` names the
+ * reads and the
  * refusal of a vote that came too late; `batchKey` is the marker of an applied batch.
  */
 export const pollCommands = (options: {
@@ -272,10 +273,10 @@ export const pollCommands = (options: {
   readonly pipelined: PollScripts
   readonly call: ReturnType<typeof RedisClient.caller>
   readonly servedVia: string
-  readonly deadline: (pollId: PollId) => number
+  readonly fenced: <A>(pollId: PollId, send: (deadline: number) => Promise<A>) => Promise<A>
   readonly batchKey: (pollId: PollId, batchId: string) => string
 }): Pick<VoteStoreShape, "vote" | "voteOnce" | "results" | "exactResults"> => {
-  const { batchKey, call, client, deadline, pipelined, servedVia } = options
+  const { batchKey, call, client, fenced, pipelined, servedVia } = options
   const tooLate = tooLateOn(servedVia)
   const results = (pollId: PollId) =>
     Effect.map(
@@ -289,13 +290,17 @@ export const pollCommands = (options: {
   return {
     vote: (pollId: PollId, optionId: OptionId) =>
       Effect.flatMap(
-        call("vote", () => client.livepollVote(countsKey(pollId), optionId, MAX_OPTIONS_PER_POLL, deadline(pollId))),
+        call("vote", () =>
+          fenced(pollId, (deadline) => client.livepollVote(countsKey(pollId), optionId, MAX_OPTIONS_PER_POLL, deadline))
+        ),
         (result): Effect.Effect<void, VoteError> => voteRefusal(result, pollId, tooLate) ?? Effect.void
       ),
     voteOnce: (pollId, optionId, voterId) =>
       Effect.flatMap(
         call("vote", () =>
-          pipelined.livepollVoteOnce(countsKey(pollId), votersKey(pollId), optionId, voterId, deadline(pollId))
+          fenced(pollId, (deadline) =>
+            pipelined.livepollVoteOnce(countsKey(pollId), votersKey(pollId), optionId, voterId, deadline)
+          )
         ),
         (result): Effect.Effect<void, VoteError | AlreadyVoted> => voterRefusal(result, pollId, tooLate) ?? Effect.void
       ),
@@ -392,14 +397,16 @@ export const makeNode = Effect.fn("VoteStore.redis.makeNode")(function* (options
   const pipelined = withScripts(yield* RedisClient.acquire(options, { autoPipelining: true }))
   const clock = yield* RedisClient.serverClock(client, RedisClient.commandTimeoutOf(options))
   const call = RedisClient.caller(options)
-  const store = storeOn(options, client, pipelined, call, clock.deadline)
+  const store = storeOn(options, client, pipelined, call, clock)
   const tooLate = tooLateOn(options.name)
   const arriving = new StoreUnavailable({ node: options.name, reason: "the poll's voters are still moving here" })
   const growth: Growth = {
     voteUnlessMoved: (pollId, optionId) =>
       Effect.flatMap(
         call("vote", () =>
-          client.livepollVoteUnlessMoved(...movedCheckKeys(pollId), optionId, MAX_OPTIONS_PER_POLL, clock.deadline())
+          clock.fenced((deadline) =>
+            client.livepollVoteUnlessMoved(...movedCheckKeys(pollId), optionId, MAX_OPTIONS_PER_POLL, deadline)
+          )
         ),
         // -3: moved, nothing applied.
         (result): Effect.Effect<boolean, VoteError> =>
@@ -408,7 +415,9 @@ export const makeNode = Effect.fn("VoteStore.redis.makeNode")(function* (options
     voteOnceUnlessMoved: (pollId, optionId, voterId) =>
       Effect.flatMap(
         call("vote", () =>
-          pipelined.livepollVoteOnceUnlessMoved(...movedCheckKeys(pollId), optionId, voterId, clock.deadline())
+          clock.fenced((deadline) =>
+            pipelined.livepollVoteOnceUnlessMoved(...movedCheckKeys(pollId), optionId, voterId, deadline)
+          )
         ),
         (result): Effect.Effect<boolean, VoteError | AlreadyVoted> =>
           result === -3 ? Effect.succeed(true) : (voterRefusal(result, pollId, tooLate) ?? Effect.succeed(false))
@@ -416,13 +425,15 @@ export const makeNode = Effect.fn("VoteStore.redis.makeNode")(function* (options
     voteOnceArriving: (pollId, optionId, voterId) =>
       Effect.flatMap(
         call("vote", () =>
-          pipelined.livepollVoteOnceArriving(
-            countsKey(pollId),
-            votersKey(pollId),
-            incomingKey(pollId),
-            optionId,
-            voterId,
-            clock.deadline()
+          clock.fenced((deadline) =>
+            pipelined.livepollVoteOnceArriving(
+              countsKey(pollId),
+              votersKey(pollId),
+              incomingKey(pollId),
+              optionId,
+              voterId,
+              deadline
+            )
           )
         ),
         (result): Effect.Effect<void, VoteError | AlreadyVoted> =>
@@ -518,7 +529,7 @@ export const make = Effect.fn("VoteStore.redis.make")(function* (options: RedisO
   // One-vote-per-voter votes go to Redis one by one, whatever the stage: concurrent ones share a round trip.
   const pipelined = withScripts(yield* RedisClient.acquire(options, { autoPipelining: true }))
   const clock = yield* RedisClient.serverClock(client, RedisClient.commandTimeoutOf(options))
-  return storeOn(options, client, pipelined, RedisClient.caller(options), clock.deadline)
+  return storeOn(options, client, pipelined, RedisClient.caller(options), clock)
 })
 
 const storeOn = (
@@ -526,7 +537,7 @@ const storeOn = (
   client: LivepollRedis,
   pipelined: LivepollRedis,
   call: ReturnType<typeof RedisClient.caller>,
-  deadline: () => number
+  clock: RedisClient.ServerClock
 ): VoteStoreShape => {
   const store: VoteStoreShape = {
     ...pollCommands({
@@ -534,7 +545,7 @@ const storeOn = (
       pipelined,
       call,
       servedVia: options.name,
-      deadline,
+      fenced: (_, send) => clock.fenced(send),
       batchKey: (_, batchId) => batchKey(batchId)
     }),
     optionsOf: (pollIds) =>

@@ -344,6 +344,30 @@ describe("the Redis Cluster vote store", () => {
     }).pipe(Effect.provide(storeOn(bare, 0)))
   )
 
+  it.scopedLive(
+    "never counts a vote it answered 503 for, though the master's clock was not read yet when it was sent",
+    () =>
+      Effect.gen(function* () {
+        const master = bare.nodes[1]!
+        const stalled = pollOn(bare.nodes, "stalled", master.port)
+        const awake = pollOn(bare.nodes, "awake", master.port, true)
+        // Stalled before the store starts, so the store has never read that master's clock: its connection opens but
+        // nothing on it is answered, and ioredis holds what is sent to it until the master answers again.
+        yield* promise(() => bare.pause(master.port))
+        yield* Effect.addFinalizer(() => promise(() => bare.resume(master.port)))
+        yield* Effect.gen(function* () {
+          const store = yield* VoteStore
+          yield* untilSucceeds(store.vote(awake, option("A")))
+          expect(yield* failsInTime(store.vote(stalled, option("A")))).toBeInstanceOf(StoreUnavailable)
+          yield* promise(() => bare.resume(master.port))
+          yield* untilSucceeds(store.vote(stalled, option("B")))
+          // Whatever the client held has been sent by the time the master answers the next command.
+          yield* store.vote(stalled, option("B"))
+          expect(yield* stored(bare, stalled)).toEqual({ B: "2" })
+        }).pipe(Effect.provide(storeOn(bare, 0)))
+      })
+  )
+
   it.scopedLive("starts while the cluster is down, answers 503, and connects by itself when it is back", () =>
     Effect.gen(function* () {
       yield* Effect.forEach(bare.ports, (port) => promise(() => bare.kill(port)), { discard: true })

@@ -48,6 +48,10 @@ export interface RedisCluster {
   readonly node: (port: number) => Redis
   /** SIGKILL of one node; its data directory stays for `start`. */
   readonly kill: (port: number) => Promise<void>
+  /** SIGSTOP of one node: its connections stay open and nothing on them is answered until `resume`. */
+  readonly pause: (port: number) => Promise<void>
+  /** SIGCONT of a paused node. */
+  readonly resume: (port: number) => Promise<void>
   /** Starts a killed node again on its port, directory and nodes.conf; a no-op for a node that runs. */
   readonly start: (port: number) => Promise<void>
   /** The slot of a key (by `CLUSTER KEYSLOT`), or the slot itself. */
@@ -245,6 +249,12 @@ export const startCluster = async (options: ClusterOptions = {}): Promise<RedisC
       if (child === undefined) return
       child.kill("SIGKILL")
       await exited(child)
+    },
+    pause: async (port) => {
+      children.get(port)?.kill("SIGSTOP")
+    },
+    resume: async (port) => {
+      children.get(port)?.kill("SIGCONT")
     },
     start: async (port) => {
       if (!running().includes(port)) await launch(port)
