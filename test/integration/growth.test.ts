@@ -200,9 +200,10 @@ describe("online growth, full stage, two instances under load", () => {
     const running = reshard("--online")
     let finished = false
     void running.then(() => (finished = true))
-    // The late polls get their first votes once the reshard has set the old nodes migrating.
-    while (!finished && (await raw.node_a!.exists("livepoll:migrating")) === 0) await sleep(5)
-    expect(await raw.node_b!.exists("livepoll:migrating")).toBe(1)
+    // The late polls get their first votes once the reshard has set the old nodes migrating (one after the other).
+    const marked = () => Promise.all([raw.node_a!, raw.node_b!].map((node) => node.exists("livepoll:migrating")))
+    while (!finished && (await marked()).includes(0)) await sleep(5)
+    expect(await marked()).toEqual([1, 1])
     lateOpen = true
     const moved = await running
     expect(moved.code, moved.output).toBe(0)
