@@ -150,17 +150,17 @@ export const serverClock = (client: Redis, timeoutMs: number): Effect.Effect<Ser
   Effect.gen(function* () {
     let offset: number | undefined
     let retry: NodeJS.Timeout | undefined
-    let measuring = false
+    /** TIMEs sent and not answered yet: a write waiting for the first reading asks for one only when none is. */
+    let inFlight = 0
     /** Writes waiting for the first reading. */
     const waiting = new Set<() => void>()
     const measure = () => {
-      if (measuring) return
-      measuring = true
+      inFlight++
       clearTimeout(retry)
       const sentAt = Date.now()
       client.time().then(
         ([seconds, micros]) => {
-          measuring = false
+          inFlight--
           const receivedAt = Date.now()
           if (receivedAt - sentAt <= CLOCK_MAX_ROUND_TRIP_MS) {
             offset = Number(seconds) * 1000 + Number(micros) / 1000 - receivedAt
@@ -170,7 +170,7 @@ export const serverClock = (client: Redis, timeoutMs: number): Effect.Effect<Ser
         },
         () => {
           // Not connected: the next connection, or the next waiting write, measures again.
-          measuring = false
+          inFlight--
         }
       )
     }
@@ -195,13 +195,14 @@ export const serverClock = (client: Redis, timeoutMs: number): Effect.Effect<Ser
           reject(new Error("timed out waiting for a reading of the node's clock"))
         }, windowMs)
         waiting.add(resume)
-        measure()
+        if (inFlight === 0) measure()
       })
+    const deadlineFrom = (start: number) => Math.floor(start + offset! + windowMs)
     return {
       fenced: <A>(send: (deadline: number) => Promise<A>): Promise<A> => {
         const start = Date.now()
-        if (offset !== undefined) return send(Math.floor(start + offset + windowMs))
-        return firstReading().then(() => send(Math.floor(start + offset! + windowMs)))
+        if (offset !== undefined) return send(deadlineFrom(start))
+        return firstReading().then(() => send(deadlineFrom(start)))
       }
     }
   })

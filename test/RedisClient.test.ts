@@ -106,6 +106,22 @@ describe("the command time-out of a node", () => {
     expect(deadlines).toEqual([900 - RedisClient.FENCE_MARGIN_MS, 900 - RedisClient.FENCE_MARGIN_MS])
   })
 
+  it("reads the clock again on every new connection, though an earlier TIME is still unanswered", async () => {
+    fakeTimers()
+    // The first connection's TIME is never answered (it went down); the next connection must not wait on it.
+    let answers = 0
+    const { client, asked } = nodeAnswering("ready", (reply) => {
+      if (answers++ > 0) reply()
+    })
+    const ahead = await withClock(client, async (clock) => {
+      ;(client as unknown as EventEmitter).emit("ready")
+      await vi.advanceTimersByTimeAsync(0)
+      return clock.fenced(async (deadline) => deadline - Date.now())
+    })
+    expect(asked).toHaveLength(2)
+    expect(ahead).toBe(900 - RedisClient.FENCE_MARGIN_MS)
+  })
+
   it("fails a write without sending it when no reading comes before its deadline would have passed", async () => {
     fakeTimers()
     // A node that is stalled: TIME answers only after the write's window.

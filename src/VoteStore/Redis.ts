@@ -264,8 +264,7 @@ export const toCounts = (flat: ReadonlyArray<string>): Record<string, number> =>
 /**
  * Votes and reads of one poll, each a script or command on the keys of its hash tag: the same on a node and on a
  * cluster. `fenced` sends a vote with the fence of the poll's node (RedisClient.ServerClock); `servedVia` names the
- * reads and the
- * refusal of a vote that came too late; `batchKey` is the marker of an applied batch.
+ * reads and the refusal of a vote that came too late; `batchKey` is the marker of an applied batch.
  */
 export const pollCommands = (options: {
   readonly client: PollScripts & Pick<Redis, "hgetall">
