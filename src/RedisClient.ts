@@ -224,35 +224,77 @@ const failure = (node: string, reason: RedisErrorReason, message: string) =>
     return Effect.fail(new StoreUnavailable({ node, reason: message }))
   })
 
+/** A call not answered yet, and what ends it when its guard runs out. */
+interface Guarded {
+  readonly expires: number
+  readonly expire: () => void
+}
+
+/**
+ * The second guards of one caller's calls, on one timer. Every call expires `guardMs` after it began, so calls expire
+ * in the order they began: the timer waits for the oldest only. An answered call just leaves the set, where a timer
+ * per call would be made and cleared on every vote of the Redis stages.
+ */
+const guards = (guardMs: number) => {
+  const pending = new Set<Guarded>()
+  let timer: NodeJS.Timeout | undefined
+  const arm = (ms: number) => {
+    timer = setTimeout(sweep, ms)
+    // The client's own socket (or its reconnect timer) keeps the process up while a call waits: the guard need not.
+    timer.unref()
+  }
+  const sweep = () => {
+    timer = undefined
+    const now = Date.now()
+    for (const call of pending) {
+      if (call.expires > now) return arm(call.expires - now)
+      pending.delete(call)
+      call.expire()
+    }
+  }
+  return {
+    add: (call: Guarded) => {
+      pending.add(call)
+      if (timer === undefined) arm(guardMs)
+    },
+    delete: (call: Guarded) => void pending.delete(call)
+  }
+}
+
 /**
  * Runs one client call as an Effect that fails with StoreUnavailable naming the node, and never hangs: ioredis's own
- * command timeout ends a call that gets no answer, and a timer here is a second guard in case the client itself
- * hangs (for example mid-reconnect). A plain timer rather than `Effect.timeout`: this sits on every vote of the
- * Redis stages, and racing a forked fiber costs more than the command.
+ * command timeout ends a call that gets no answer, and a guard here is a second one in case the client itself hangs
+ * (for example mid-reconnect). Not `Effect.timeout`, nor a timer per call: this sits on every vote of the Redis
+ * stages, and racing a forked fiber costs more than the command.
  */
 export const caller = (target: Pick<RedisNode, "name" | "commandTimeoutMs">) => {
   const node = target.name
   const guardMs = commandTimeoutOf(target) + GUARD_MARGIN_MS
+  const guarded = guards(guardMs)
   return <A>(what: string, run: () => Promise<A>): Effect.Effect<A, StoreUnavailable> =>
     Effect.async<A, StoreUnavailable>((resume) => {
       let settled = false
       const settle = (effect: Effect.Effect<A, StoreUnavailable>) => {
         if (settled) return
         settled = true
-        clearTimeout(timer)
+        guarded.delete(call)
         resume(effect)
       }
       const failed = (error: unknown) => {
         const { reason, message } = describe(error)
         settle(failure(node, reason, `${what} failed: ${message}`))
       }
-      const timer = setTimeout(() => settle(failure(node, "timeout", `${what}: timed out`)), guardMs)
+      const call: Guarded = {
+        expires: Date.now() + guardMs,
+        expire: () => settle(failure(node, "timeout", `${what}: timed out`))
+      }
+      guarded.add(call)
       try {
         run().then((value) => settle(Effect.succeed(value)), failed)
       } catch (error) {
         failed(error)
       }
-      // No canceller: an interrupted caller's timer just runs out (its resume is then ignored), and without one a
-      // request can wait for its answer without a fiber (Http/Run.ts).
+      // No canceller: an interrupted caller's call just stays guarded until it settles or expires (its resume is
+      // then ignored), and without one a request can wait for its answer without a fiber (Http/Run.ts).
     })
 }

@@ -50,6 +50,43 @@ describe("the command time-out of a node", () => {
     expect(Either.isLeft(byDefault.value!)).toBe(true)
   })
 
+  it("guards a caller's waiting calls on one timer, each expiring on its own time", async () => {
+    fakeTimers()
+    const call = RedisClient.caller({ name: "n", commandTimeoutMs: 400 })
+    const outcomes: Array<Either.Either<never, StoreUnavailable> | undefined> = []
+    const start = () => {
+      const i = outcomes.push(undefined) - 1
+      void Effect.runPromise(Effect.either(call("get", () => new Promise<never>(() => {})))).then(
+        (e) => (outcomes[i] = e)
+      )
+    }
+    for (let i = 0; i < 100; i++) start()
+    expect(vi.getTimerCount()).toBe(1)
+    await vi.advanceTimersByTimeAsync(250)
+    start()
+    await vi.advanceTimersByTimeAsync(349)
+    expect(outcomes.filter((o) => o !== undefined)).toHaveLength(0)
+    await vi.advanceTimersByTimeAsync(1)
+    // The first hundred at 600 ms; the one begun at 250 ms still waits, on the same single timer.
+    expect(outcomes.slice(0, 100).every((o) => o !== undefined && Either.isLeft(o))).toBe(true)
+    expect(outcomes[100]).toBeUndefined()
+    expect(vi.getTimerCount()).toBe(1)
+    await vi.advanceTimersByTimeAsync(249)
+    expect(outcomes[100]).toBeUndefined()
+    await vi.advanceTimersByTimeAsync(1)
+    expect(outcomes[100]).toMatchObject({ left: { node: "n", reason: "get: timed out" } })
+    expect(vi.getTimerCount()).toBe(0)
+  })
+
+  it("does not fail a call that was answered before its guard ran out", async () => {
+    fakeTimers()
+    const call = RedisClient.caller({ name: "n", commandTimeoutMs: 400 })
+    const answered = await Effect.runPromise(Effect.either(call("get", () => Promise.resolve("ok"))))
+    await vi.advanceTimersByTimeAsync(1000)
+    expect(answered).toEqual(Either.right("ok"))
+    expect(vi.getTimerCount()).toBe(0)
+  })
+
   /** A node whose clock agrees with ours (so deadlines are ours too), answering TIME when `answer` says. */
   const nodeAnswering = (status: string, answer: (reply: () => void) => void) => {
     const asked: Array<number> = []
