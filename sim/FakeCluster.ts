@@ -879,7 +879,6 @@ export const make = (options: FakeClusterOptions): Effect.Effect<FakeCluster> =>
     const cluster: FakeCluster = {
       clients: (name) => ({
         client: storeClient(clientOf(`${name}/commands`)),
-        pipelined: storeClient(clientOf(`${name}/voters`)),
         flusher: storeClient(clientOf(`${name}/batches`)),
         call,
         fenced: (_, send) => send(0),

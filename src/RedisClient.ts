@@ -29,8 +29,6 @@ export const commandTimeoutOf = (node: Pick<RedisNode, "commandTimeoutMs">): num
   node.commandTimeoutMs ?? COMMAND_TIMEOUT_MS
 
 export interface ConnectOptions {
-  /** Send commands issued in the same tick as one pipeline (one round trip). */
-  readonly autoPipelining?: boolean
   /** A pub/sub connection: commands wait for the connection instead of failing, and subscriptions are restored. */
   readonly subscriber?: boolean
 }
@@ -93,7 +91,6 @@ export const acquire = (node: RedisNode, options: ConnectOptions = {}): Effect.E
       () =>
         new Redis(node.url, {
           enableOfflineQueue: options.subscriber === true,
-          enableAutoPipelining: options.autoPipelining === true,
           maxRetriesPerRequest: options.subscriber ? null : 1,
           commandTimeout: options.subscriber ? undefined : commandTimeoutOf(node),
           connectTimeout: CONNECT_TIMEOUT_MS,

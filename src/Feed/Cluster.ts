@@ -25,7 +25,7 @@ export const layer = (options: ClusterClient.ClusterClientOptions): Layer.Layer<
     Effect.gen(function* () {
       const local = makeLocal()
       const runFork = Runtime.runFork(yield* Effect.runtime<never>())
-      const client = yield* ClusterClient.acquire(options, { role: "change signals", autoPipelining: true })
+      const client = yield* ClusterClient.acquire(options, { role: "change signals" })
       const subscriber = yield* ClusterClient.acquire(options, { role: "change signals (pub/sub)", subscriber: true })
       const call = RedisClient.caller({ name: REDIS_CLUSTER, commandTimeoutMs: RedisClient.commandTimeoutOf(options) })
       const ours = new Set(ClusterClient.allGroups.map(channel))

@@ -25,7 +25,7 @@ export const layer = (nodes: ReadonlyArray<RedisClient.RedisNode>): Layer.Layer<
       const pending = new Map<string, Set<PollId>>()
       const publish = new Map<string, (message: string) => void>()
       for (const node of nodes) {
-        const client = yield* RedisClient.acquire(node, { autoPipelining: true })
+        const client = yield* RedisClient.acquire(node)
         const subscriber = yield* RedisClient.acquire(node, { subscriber: true })
         subscriber.on("message", (_channel: string, message: string) =>
           message === "*" ? local.notifyAll() : message.split(" ").forEach((id) => local.notify(id as PollId))

@@ -15,7 +15,7 @@ import * as Ring from "../Ring.js"
 
 /**
  * Every limiter key of every instance lives on one node (the ring's owner of the name below), under one hash tag, so
- * a request's limits are one script on one node: one round trip, pipelined with whatever else the tick sends.
+ * a request's limits are one script on one node: one round trip, in the same write as whatever else the turn sends (RedisClient.writeOncePerTurn).
  */
 const HOME = "livepoll:ratelimit"
 export const limitKey = (l: Pick<Limit, "policy" | "key">) => `ratelimit:{livepoll}:${l.policy}:${l.key}`
@@ -139,7 +139,7 @@ const fromClient = Effect.fnUntraced(function* (
 export const make = Effect.fn("RateLimiter.redis.make")(function* (nodes: ReadonlyArray<RedisClient.RedisNode>) {
   const home = Ring.nodeFor(Ring.make(nodes.map((n) => n.name)), HOME)
   const node = nodes.find((n) => n.name === home)!
-  return yield* fromClient(yield* RedisClient.acquire(node, { autoPipelining: true }), node)
+  return yield* fromClient(yield* RedisClient.acquire(node), node)
 })
 
 export const layer = (nodes: ReadonlyArray<RedisClient.RedisNode>): Layer.Layer<RateLimiter> =>
@@ -149,7 +149,7 @@ export const layer = (nodes: ReadonlyArray<RedisClient.RedisNode>): Layer.Layer<
 export const layerCluster = (options: ClusterClient.ClusterClientOptions): Layer.Layer<RateLimiter> =>
   Layer.scoped(
     RateLimiter,
-    Effect.flatMap(ClusterClient.acquire(options, { role: "rate limits", autoPipelining: true }), (client) =>
+    Effect.flatMap(ClusterClient.acquire(options, { role: "rate limits" }), (client) =>
       fromClient(client, {
         name: "redis_cluster",
         ...(options.commandTimeoutMs === undefined ? {} : { commandTimeoutMs: options.commandTimeoutMs })

@@ -61,7 +61,6 @@ export interface ClusterClientOptions {
 export interface ConnectOptions {
   /** Which client of its layer: in logs. */
   readonly role: string
-  readonly autoPipelining?: boolean
   /**
    * A client for sharded pub/sub (`SSUBSCRIBE`): one connection per master that serves a subscribed channel, which
    * ioredis moves to the channel's new master after a failover and subscribes again once a master is back.
@@ -101,7 +100,6 @@ export const acquire = (
     const clusterOptions: ClusterOptions = {
       lazyConnect: true,
       enableOfflineQueue: false,
-      enableAutoPipelining: connect.autoPipelining === true,
       shardedSubscribers: connect.subscriber === true,
       ...(connect.subscriber ? { slotsRefreshInterval: SUBSCRIBER_SLOTS_REFRESH_MS } : {}),
       clusterRetryStrategy: RedisClient.retryDelay,

@@ -75,8 +75,6 @@ export interface StoreClient extends PollScripts {
 export interface StoreClients {
   /** Reads, and votes not buffered. */
   readonly client: StoreClient
-  /** One-vote-per-voter votes are never buffered: concurrent ones share a round trip per node. */
-  readonly pipelined: PollScripts
   /** Batches only: WAIT blocks its connection until the replicas answer, so votes and reads never queue behind it. */
   readonly flusher: StoreClient
   /** Runs one client call, failing with StoreUnavailable (RedisClient.caller). */
@@ -202,7 +200,7 @@ export const makeFrom = Effect.fn("VoteStore.cluster.makeFrom")(function* (
     readonly replicasKnown?: number | undefined
   }
 ) {
-  const { call, client, fenced, flusher, pipelined } = clients
+  const { call, client, fenced, flusher } = clients
   const { waitTimeoutMs } = options
   const waitReplicas =
     options.waitReplicas === "auto" ? (options.replicasKnown ?? replicasAtStart(client)) : options.waitReplicas
@@ -262,7 +260,6 @@ export const makeFrom = Effect.fn("VoteStore.cluster.makeFrom")(function* (
   const store: VoteStoreShape = {
     ...pollCommands({
       client,
-      pipelined,
       call,
       servedVia: REDIS_CLUSTER,
       fenced: (pollId, send) => fenced(slotOf(pollId), send),
@@ -386,7 +383,6 @@ export const make = Effect.fn("VoteStore.cluster.make")(function* (options: Clus
   // The cluster's error counters exist from the start, at 0 until a command fails (see RedisClient.caller).
   ;(yield* Metrics).redisNode(REDIS_CLUSTER)
   const client = withScripts(yield* ClusterClient.acquire(options, { role: "commands" }))
-  const pipelined = withScripts(yield* ClusterClient.acquire(options, { role: "voters", autoPipelining: true }))
   const flusher = withScripts(yield* ClusterClient.acquire(options, { role: "batches" }))
   const fenced = yield* nodeClocks(client, timeoutMs)
   const call = RedisClient.caller({ name: REDIS_CLUSTER, commandTimeoutMs: timeoutMs })
@@ -395,7 +391,6 @@ export const make = Effect.fn("VoteStore.cluster.make")(function* (options: Clus
   return yield* makeFrom(
     {
       client,
-      pipelined,
       flusher,
       call,
       fenced,

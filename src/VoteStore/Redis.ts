@@ -268,14 +268,12 @@ export const toCounts = (flat: ReadonlyArray<string>): Record<string, number> =>
  */
 export const pollCommands = (options: {
   readonly client: PollScripts & Pick<Redis, "hgetall">
-  /** For one-vote-per-voter votes: never buffered, so concurrent ones share a round trip. */
-  readonly pipelined: PollScripts
   readonly call: ReturnType<typeof RedisClient.caller>
   readonly servedVia: string
   readonly fenced: <A>(pollId: PollId, send: (deadline: number) => Promise<A>) => Promise<A>
   readonly batchKey: (pollId: PollId, batchId: string) => string
 }): Pick<VoteStoreShape, "vote" | "voteOnce" | "results" | "exactResults"> => {
-  const { batchKey, call, client, fenced, pipelined, servedVia } = options
+  const { batchKey, call, client, fenced, servedVia } = options
   const tooLate = tooLateOn(servedVia)
   const results = (pollId: PollId) =>
     Effect.map(
@@ -298,7 +296,7 @@ export const pollCommands = (options: {
       Effect.flatMap(
         call("vote", () =>
           fenced(pollId, (deadline) =>
-            pipelined.livepollVoteOnce(countsKey(pollId), votersKey(pollId), optionId, voterId, deadline)
+            client.livepollVoteOnce(countsKey(pollId), votersKey(pollId), optionId, voterId, deadline)
           )
         ),
         (result): Effect.Effect<void, VoteError | AlreadyVoted> => voterRefusal(result, pollId, tooLate) ?? Effect.void
@@ -393,10 +391,9 @@ export interface Growth {
 /** A node's store, and its side of an online reshard. */
 export const makeNode = Effect.fn("VoteStore.redis.makeNode")(function* (options: RedisOptions) {
   const client = withScripts(yield* RedisClient.acquire(options))
-  const pipelined = withScripts(yield* RedisClient.acquire(options, { autoPipelining: true }))
   const clock = yield* RedisClient.serverClock(client, RedisClient.commandTimeoutOf(options))
   const call = RedisClient.caller(options)
-  const store = storeOn(options, client, pipelined, call, clock)
+  const store = storeOn(options, client, call, clock)
   const tooLate = tooLateOn(options.name)
   const arriving = new StoreUnavailable({ node: options.name, reason: "the poll's voters are still moving here" })
   const growth: Growth = {
@@ -415,7 +412,7 @@ export const makeNode = Effect.fn("VoteStore.redis.makeNode")(function* (options
       Effect.flatMap(
         call("vote", () =>
           clock.fenced((deadline) =>
-            pipelined.livepollVoteOnceUnlessMoved(...movedCheckKeys(pollId), optionId, voterId, deadline)
+            client.livepollVoteOnceUnlessMoved(...movedCheckKeys(pollId), optionId, voterId, deadline)
           )
         ),
         (result): Effect.Effect<boolean, VoteError | AlreadyVoted> =>
@@ -425,7 +422,7 @@ export const makeNode = Effect.fn("VoteStore.redis.makeNode")(function* (options
       Effect.flatMap(
         call("vote", () =>
           clock.fenced((deadline) =>
-            pipelined.livepollVoteOnceArriving(
+            client.livepollVoteOnceArriving(
               countsKey(pollId),
               votersKey(pollId),
               incomingKey(pollId),
@@ -525,23 +522,19 @@ export const makeNode = Effect.fn("VoteStore.redis.makeNode")(function* (options
 
 export const make = Effect.fn("VoteStore.redis.make")(function* (options: RedisOptions) {
   const client = withScripts(yield* RedisClient.acquire(options))
-  // One-vote-per-voter votes go to Redis one by one, whatever the stage: concurrent ones share a round trip.
-  const pipelined = withScripts(yield* RedisClient.acquire(options, { autoPipelining: true }))
   const clock = yield* RedisClient.serverClock(client, RedisClient.commandTimeoutOf(options))
-  return storeOn(options, client, pipelined, RedisClient.caller(options), clock)
+  return storeOn(options, client, RedisClient.caller(options), clock)
 })
 
 const storeOn = (
   options: RedisOptions,
   client: LivepollRedis,
-  pipelined: LivepollRedis,
   call: ReturnType<typeof RedisClient.caller>,
   clock: RedisClient.ServerClock
 ): VoteStoreShape => {
   const store: VoteStoreShape = {
     ...pollCommands({
       client,
-      pipelined,
       call,
       servedVia: options.name,
       fenced: (_, send) => clock.fenced(send),
