@@ -52,32 +52,6 @@ export const scoped = <C extends { readonly status: string; quit(): Promise<unkn
   )
 
 /**
- * Commands a client sends in one turn of the event loop leave in one write. Every request node:http reads in a turn is
- * handled in an I/O callback of its own, and ioredis writes each command to the socket at once: one system call per
- * vote on the write-through stages, about a third of a vote's CPU. Here the socket is corked at the turn's first
- * command and uncorked right after the turn's I/O callbacks (`setImmediate`), so the commands of all the requests of
- * that turn go out in one `writev`. They wait for the rest of the turn's callbacks only, never for a timer.
- * (ioredis's own auto-pipelining flushes on `process.nextTick`, which runs after each callback: one write per request
- * still.)
- */
-export const writeOncePerTurn = (client: Redis): void => {
-  let corked = false
-  const send = client.sendCommand.bind(client)
-  client.sendCommand = (command, stream) => {
-    const socket = client.stream
-    if (!corked && client.status === "ready" && socket !== undefined) {
-      corked = true
-      socket.cork()
-      setImmediate(() => {
-        corked = false
-        socket.uncork()
-      })
-    }
-    return send(command, stream)
-  }
-}
-
-/**
  * An ioredis client in the current scope, quit when the scope closes. Commands fail fast while the node is down
  * (no unbounded offline queue) and ioredis reconnects by itself; connection changes are logged once each.
  */
@@ -97,7 +71,6 @@ export const acquire = (node: RedisNode, options: ConnectOptions = {}): Effect.E
           retryStrategy: retryDelay
         })
     )
-    if (!options.subscriber) writeOncePerTurn(client)
     // undefined until the first connection attempt settles, so a node that is down at start-up is logged too.
     let reachable: boolean | undefined = undefined
     client.on("ready", () => {

@@ -4,7 +4,7 @@ import { EventEmitter } from "node:events"
 import { afterEach, describe, expect, it, vi } from "vitest"
 import type { StoreUnavailable } from "../src/Domain.js"
 import * as RedisClient from "../src/RedisClient.js"
-import { freePort, startRedis } from "./support/redis.js"
+import { freePort } from "./support/redis.js"
 
 afterEach(() => {
   vi.useRealTimers()
@@ -178,33 +178,5 @@ describe("the command time-out of a node", () => {
     })
     expect(outcome).toContain("timed out")
     expect(sent).toEqual([])
-  })
-})
-
-describe("a client's writes", () => {
-  it("carry every command sent in one turn of the event loop in one write, and answer each", async () => {
-    const server = await startRedis()
-    try {
-      const client = server.client()
-      await client.ping()
-      RedisClient.writeOncePerTurn(client)
-      const socket = client.stream as unknown as { _write: unknown; _writev: unknown }
-      let writes = 0
-      for (const method of ["_write", "_writev"] as const) {
-        const original = socket[method] as (...args: Array<unknown>) => unknown
-        socket[method] = function (this: unknown, ...args: Array<unknown>) {
-          writes++
-          return original.apply(this, args)
-        }
-      }
-      const answers = await Promise.all(Array.from({ length: 20 }, () => client.incr("k")))
-      expect(answers).toEqual(Array.from({ length: 20 }, (_, i) => i + 1))
-      expect(writes).toBe(1)
-      // The next turn's commands are a write of their own.
-      expect(await Promise.all([client.incr("k"), client.get("k")])).toEqual([21, "21"])
-      expect(writes).toBe(2)
-    } finally {
-      await server.stop()
-    }
   })
 })

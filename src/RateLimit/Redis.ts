@@ -15,7 +15,7 @@ import * as Ring from "../Ring.js"
 
 /**
  * Every limiter key of every instance lives on one node (the ring's owner of the name below), under one hash tag, so
- * a request's limits are one script on one node: one round trip, in the same write as whatever else the turn sends (RedisClient.writeOncePerTurn).
+ * a request's limits are one script on one node: one round trip.
  */
 const HOME = "livepoll:ratelimit"
 export const limitKey = (l: Pick<Limit, "policy" | "key">) => `ratelimit:{livepoll}:${l.policy}:${l.key}`

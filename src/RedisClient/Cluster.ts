@@ -127,8 +127,6 @@ export const acquire = (
       }
     }
     client.on("error", lost)
-    // Each node's commands of one turn in one write, as on a single node (RedisClient.writeOncePerTurn).
-    if (!connect.subscriber) client.on("+node", (node: Redis) => RedisClient.writeOncePerTurn(node))
     client.on("node error", (error: Error, key: string) =>
       runFork(Effect.logDebug(`redis cluster node ${key}: ${error.message}`))
     )
