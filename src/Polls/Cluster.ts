@@ -92,7 +92,6 @@ export const make = Effect.fn("Polls.cluster.make")(function* (
 ) {
   const resyncMs = options.resyncMs ?? RESYNC_MS
   const runFork = Runtime.runFork(yield* Effect.runtime<never>())
-  // Definitions are read on the vote path (through the cache): reads of one tick share a round trip per master.
   const client = withScripts(yield* ClusterClient.acquire(options, { role: "definitions" }))
   const subscriber = yield* ClusterClient.acquire(options, { role: "poll announcements", subscriber: true })
   const call = RedisClient.caller({ name: REDIS_CLUSTER, commandTimeoutMs: RedisClient.commandTimeoutOf(options) })

@@ -91,7 +91,6 @@ export const make = Effect.fn("Polls.redis.make")(function* (
   const all = [...nodes, ...(next ?? []).filter((n) => !nodes.some((o) => o.name === n.name))]
   const clients = new Map<string, NodeClient>(
     yield* Effect.forEach(all, (node) =>
-      // Voter checks sit on the vote path: commands of one tick share a round trip.
       Effect.map(RedisClient.acquire(node), (client) => {
         client.defineCommand("livepollClose", { numberOfKeys: 1, lua: CLOSE_SCRIPT })
         client.defineCommand("livepollCreate", { numberOfKeys: 4, lua: CREATE_SCRIPT })
